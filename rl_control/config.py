@@ -1,0 +1,150 @@
+"""Typed, validated run configuration loaded from YAML.
+
+Every model is frozen and forbids unknown keys. Errors name the file, the key path and what was
+expected. ``--set a.b=c`` overrides are applied to the raw YAML tree before validation, so they are
+validated exactly like the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sim.randomization import RandomizationConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvConfig(_Frozen):
+    task: str = Field("pendulum_swingup", description="task id (see `rlctl envs`) or any Gymnasium id")
+    num_envs: int = Field(8, ge=1, description="parallel environments")
+    workers: int = Field(0, ge=0, description="simulation worker processes; 0 steps envs in-process")
+    randomization: RandomizationConfig = Field(
+        default_factory=RandomizationConfig, description="domain randomization ranges"
+    )
+
+
+class PolicyConfig(_Frozen):
+    kind: Literal["mlp", "lstm"] = Field("mlp", description="network type")
+    hidden_sizes: tuple[int, ...] = Field((64, 64), description="MLP layer widths (after the LSTM if any)")
+    lstm_hidden: int = Field(64, ge=1, description="LSTM hidden size")
+    shared_trunk: bool = Field(False, description="actor and critic share the trunk")
+    init_log_std: float = Field(-0.5, description="initial log standard deviation of the Gaussian")
+    activation: Literal["tanh", "elu", "relu"] = Field("tanh", description="hidden activation")
+    normalize_obs: bool = Field(True, description="running observation normalizer inside the policy")
+
+
+class PPOConfig(_Frozen):
+    name: Literal["ppo"] = "ppo"
+    rollout_steps: int = Field(256, ge=1, description="steps per env per iteration")
+    epochs: int = Field(10, ge=1, description="passes over each rollout")
+    minibatches: int = Field(4, ge=1, description="minibatches per epoch")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate")
+    lr_schedule: Literal["constant", "linear"] = Field("constant", description="learning-rate schedule")
+    gamma: float = Field(0.99, ge=0, le=1, description="discount")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    surrogate: Literal["clip", "kl_penalty"] = Field("clip", description="PPO objective")
+    clip_range: float = Field(0.2, gt=0, description="probability-ratio clip (clip surrogate)")
+    kl_target: float = Field(0.01, gt=0, description="d_targ of the adaptive KL penalty")
+    kl_beta_init: float = Field(1.0, gt=0, description="initial KL penalty coefficient")
+    kl_early_stop: float | None = Field(None, description="stop the epoch loop when KL exceeds this")
+    clip_value: float | None = Field(None, description="value clipping range (None: no clipping)")
+    value_coef: float = Field(0.5, ge=0, description="value loss weight")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight")
+    max_grad_norm: float = Field(0.5, gt=0, description="gradient-norm clip")
+    bptt_len: int = Field(32, ge=1, description="truncated BPTT sequence length (LSTM)")
+    normalize_advantages: bool = Field(True, description="per-minibatch advantage normalization")
+    reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
+
+
+AlgoConfig = Annotated[PPOConfig, Field(discriminator="name")]
+
+
+class RunnerConfig(_Frozen):
+    total_steps: int = Field(200_000, ge=1, description="environment steps to train for")
+    eval_every: int = Field(10, ge=1, description="iterations between evaluations")
+    eval_episodes: int = Field(8, ge=1, description="episodes per evaluation")
+    checkpoint_every: int = Field(10, ge=1, description="iterations between checkpoints")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 avoids oversubscription)")
+    device: Literal["cpu"] = Field("cpu", description="training device")
+
+
+class RunConfig(_Frozen):
+    seed: int = Field(0, description="seed of everything")
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    algo: AlgoConfig = Field(default_factory=PPOConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+
+    def digest(self) -> str:
+        """Short hash of the resolved config (goes into checkpoints and the ONNX metadata)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {path}: {err['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def parse_config(tree: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    tree: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config: {exc.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping, got {type(tree).__name__}")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    if overrides:
+        source += " (with --set " + ", ".join(overrides) + ")"
+    return parse_config(tree, source)
