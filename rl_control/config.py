@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,7 +68,8 @@ class PPOConfig(_Frozen):
     reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
 
 
-AlgoConfig = Annotated[PPOConfig, Field(discriminator="name")]
+AlgoConfig = PPOConfig
+"""Becomes a union discriminated by ``name`` as more algorithms arrive; ``name`` defaults to ppo."""
 
 
 class RunnerConfig(_Frozen):

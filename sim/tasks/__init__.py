@@ -11,11 +11,16 @@ from collections.abc import Callable
 import gymnasium as gym
 
 from sim.randomization import RandomizationConfig
+from sim.tasks.arm import ArmReach
 from sim.tasks.base import MujocoRobotEnv
 from sim.tasks.pendulum import PendulumSwingup
+from sim.tasks.quadruped import QuadrupedWalk
+from sim.wrappers import make_gymnasium_env
 
 TASKS: dict[str, type[MujocoRobotEnv]] = {
     "pendulum_swingup": PendulumSwingup,
+    "arm_reach": ArmReach,
+    "quadruped_walk": QuadrupedWalk,
 }
 
 
@@ -46,7 +51,7 @@ def make_env(
     if randomization is not None and randomization.enabled:
         raise ValueError(f"domain randomization is only available for our robot tasks, not {task_id!r}")
     try:
-        return gym.make(task_id, render_mode=render_mode)
+        return make_gymnasium_env(task_id, render_mode=render_mode)
     except gym.error.Error as exc:
         raise ValueError(f"unknown task {task_id!r}: not one of {task_ids()} and Gymnasium says: {exc}") from None
 

@@ -196,29 +196,35 @@ class MujocoRobotEnv(gym.Env):
             raise ValueError(f"{type(self).__name__}: action contains NaN or inf: {a}")
         return a
 
-    def _simulate(self, targets: np.ndarray) -> np.ndarray:
-        """Run the actuator model and physics for one policy period; returns the mean torque."""
+    def _simulate(self, targets: np.ndarray, nstep: int | None = None) -> np.ndarray:
+        """Run the actuator model and physics for one policy period (or ``nstep`` physics steps); returns
+        the mean torque."""
         m, d, s = self.model, self.data, self._sample
+        nstep = self.interface.substeps if nstep is None else nstep
         if not self.mapper.is_position.any():
             # Pure torque control: the command is constant over the period, so MuJoCo can take all
             # substeps in one call (several times faster than a Python loop).
             tau = self.mapper.effort(targets, d.qpos[self._qpos_adr], d.qvel[self._dof_adr])
             d.ctrl[self._act_ids] = tau
-            mujoco.mj_step(m, d, nstep=self.interface.substeps)
+            mujoco.mj_step(m, d, nstep=nstep)
             return tau
         torque_sum = np.zeros_like(targets)
-        for _ in range(self.interface.substeps):
+        for _ in range(nstep):
             q, qd = d.qpos[self._qpos_adr], d.qvel[self._dof_adr]
             tau = self.mapper.effort(targets, q, qd, s.kp_scale, s.kd_scale)
             d.ctrl[self._act_ids] = tau
             mujoco.mj_step(m, d)
             torque_sum += tau
-        return torque_sum / self.interface.substeps
+        return torque_sum / nstep
 
     def _physics_ok(self) -> bool:
         d = self.data
         finite = np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))
-        return bool(finite and d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number == 0)
+        # MuJoCo resets the state to qpos0 by itself on a bad qpos/qvel (NaN or > 1e10) and only leaves
+        # a warning behind, so the finiteness check alone misses those; every bad-state warning counts.
+        w = mujoco.mjtWarning
+        bad = (w.mjWARN_BADQPOS, w.mjWARN_BADQVEL, w.mjWARN_BADQACC)
+        return bool(finite and all(d.warning[i].number == 0 for i in bad))
 
     def _read_sensors(self) -> SensorReading:
         d = self.data
@@ -245,4 +251,21 @@ class MujocoRobotEnv(gym.Env):
 
     @property
     def sensor_reading(self) -> SensorReading:
+        return self._reading
+
+    # ---- driving the robot with actuator targets (the ROS simulated-hardware node) ----------------
+    def step_targets(self, targets: np.ndarray, nstep: int) -> np.ndarray:
+        """Advance ``nstep`` physics steps holding actuator ``targets`` (interface units: rad or N*m).
+
+        The same actuator model as :meth:`step` (PD or torque at physics rate, with the episode's sampled
+        gains), but the command is an actuator target as a robot driver receives it, not a policy action:
+        no action noise, latency, pushes or step counting. Returns the mean torque, [n_joints].
+        """
+        if nstep < 1:
+            raise ValueError(f"nstep must be >= 1, got {nstep}")
+        return self._simulate(np.asarray(targets, dtype=np.float64), nstep)
+
+    def read_sensors(self) -> SensorReading:
+        """Read the encoders (with the episode's sampled offsets) and IMU now; also the new sensor_reading."""
+        self._reading = self._read_sensors()
         return self._reading

@@ -53,7 +53,11 @@ class PendulumSwingup(MujocoRobotEnv):
         if abs(err) < 0.3:
             self._upright_steps += 1
         s = self.reward_scales
-        return {"upright": s["upright"] * err**2, "velocity": s["velocity"] * qd**2, "effort": s["effort"] * tau**2}
+        return {
+            "upright": s["upright"] * err**2,
+            "velocity": s["velocity"] * qd**2,
+            "effort": s["effort"] * tau**2,
+        }
 
     def is_success(self) -> bool:
         # Upright (within 0.3 rad) for at least the last quarter of the episode's steps in total.

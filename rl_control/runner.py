@@ -1,0 +1,270 @@
+"""The training runner: owns the vector env, the policy, the algorithm and the logger.
+
+One iteration = collect ``rollout_steps`` on every env, compute GAE, update, log; evaluation and
+checkpoints every few iterations. A run folder holds everything of one run (resolved config, metrics,
+TensorBoard events, checkpoints, exported policy, plots, report).
+
+Resume restores weights, optimizer, normalizer, RNG states and step counters. The simulator's
+in-flight episodes are not saved: on resume the envs start fresh episodes, seeded from the run seed and
+the iteration, so the curve continues at the same step without a gap or a repeat.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rl_control.algorithms.ppo import PPO
+from rl_control.buffers import RolloutBuffer
+from rl_control.checkpoint import load_checkpoint, save_checkpoint
+from rl_control.config import RunConfig, load_config
+from rl_control.evaluation import TorchPolicy, evaluate
+from rl_control.metrics import MetricsLogger
+from rl_control.networks import ActorCritic
+
+CHECKPOINT_NAME = "checkpoints/last.pt"
+
+
+def new_run_dir(root: str | Path, cfg: RunConfig, name: str | None = None) -> Path:
+    """A fresh folder under ``root``; never reuses an existing one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / (name or f"{stamp}_{cfg.env.task}_{cfg.algo.name}")
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}_{k}")
+    path.mkdir(parents=True)
+    return path
+
+
+def build_policy(cfg: RunConfig, obs_space: gym.Space, act_space: gym.Space) -> ActorCritic:
+    if isinstance(act_space, gym.spaces.Discrete):
+        return ActorCritic(obs_space.shape[0], int(act_space.n), cfg.policy, discrete=True)
+    if not isinstance(act_space, gym.spaces.Box):
+        raise ValueError(f"unsupported action space {act_space}")
+    return ActorCritic(
+        obs_space.shape[0], act_space.shape[0], cfg.policy,
+        action_low=torch.as_tensor(act_space.low), action_high=torch.as_tensor(act_space.high),
+    )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    final_eval: dict | None
+    interrupted: bool
+
+
+class Runner:
+    """Drives an on-policy algorithm. ``Runner(cfg, run_dir).train()``; ``Runner.resume(run_dir).train()``."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, show_progress: bool = True) -> None:
+        from sim.vector import make_vector_env  # imported here: spawning workers is the runner's job
+
+        self.cfg, self.run_dir, self.show_progress = cfg, Path(run_dir), show_progress
+        torch.set_num_threads(cfg.runner.torch_threads)
+        self._seed_everything(cfg.seed)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.venv = make_vector_env(
+            cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
+        )
+        self.policy = build_policy(cfg, self.venv.single_observation_space, self.venv.single_action_space)
+        a = cfg.algo
+        self.steps_per_iter = a.rollout_steps * cfg.env.num_envs
+        self.total_iterations = -(-cfg.runner.total_steps // self.steps_per_iter)
+        self.algo = PPO(self.policy, a, self.total_iterations)
+        self.iteration, self.global_step = 0, 0
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.torch_gen = torch.Generator().manual_seed(cfg.seed)
+        self.last_eval: dict | None = None
+        self._resumed_step: int | None = None
+
+    # ---- construction helpers --------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, show_progress: bool = True) -> Runner:
+        run_dir = Path(run_dir)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        runner = cls(load_config(run_dir / "config.yaml"), run_dir, show_progress)
+        runner._restore(ckpt)
+        return runner
+
+    def _restore(self, ckpt: dict) -> None:
+        self.policy.load_state_dict(ckpt["policy"])
+        self.algo.load_state_dict(ckpt["algo"])
+        self.iteration, self.global_step = ckpt["iteration"], ckpt["global_step"]
+        self.np_rng.bit_generator.state = ckpt["np_rng"]
+        self.torch_gen.set_state(ckpt["torch_gen"])
+        torch.set_rng_state(ckpt["torch_global"])
+        random.setstate(ckpt["py_random"])
+        self.last_eval = ckpt.get("last_eval")
+        self._resumed_step = self.global_step
+
+    def checkpoint_payload(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "algo": self.algo.state_dict(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "np_rng": self.np_rng.bit_generator.state,
+            "torch_gen": self.torch_gen.get_state(),
+            "torch_global": torch.get_rng_state(),
+            "py_random": random.getstate(),
+            "last_eval": self.last_eval,
+            "config": self.cfg.model_dump(mode="json"),
+            "config_hash": self.cfg.digest(),
+        }
+
+    def save(self) -> Path:
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.checkpoint_payload())
+        return path
+
+    # ---- collection ----------------------------------------------------------------------------------
+    def _collect(self, buffer: RolloutBuffer, obs: np.ndarray, starts: torch.Tensor, state, episode_stats):
+        policy, venv = self.policy, self.venv
+        term_sums: dict[str, float] = {}
+        for t in range(buffer.T):
+            obs_t = torch.from_numpy(obs)
+            if state is not None:
+                state = state * (~starts).float().view(1, 1, -1, 1)
+                buffer.states[t] = state
+            action, log_prob, value, out, state = policy.act(obs_t, state, None, self.torch_gen)
+            env_action = action.numpy() if policy.discrete else policy.clip_action(action).numpy()
+            obs, reward, terminated, truncated, info = venv.step(env_action)
+            term_t, trunc_t = torch.from_numpy(terminated), torch.from_numpy(truncated)
+            buffer.obs[t], buffer.actions[t], buffer.log_probs[t] = obs_t, action, log_prob
+            buffer.values[t], buffer.out[t], buffer.starts[t] = value, out, starts
+            buffer.rewards[t] = torch.from_numpy(reward).float() * self.cfg.algo.reward_scale
+            buffer.terminated[t], buffer.truncated[t] = term_t, trunc_t
+            if truncated.any():
+                idx = torch.from_numpy(np.nonzero(truncated)[0])
+                final_obs = torch.from_numpy(info["final_obs"][idx.numpy()])
+                sub_state = None if state is None else state[:, :, idx]
+                with torch.no_grad():
+                    buffer.final_values[t, idx] = policy.value_only(final_obs, sub_state)
+            done = terminated | truncated
+            for i in np.nonzero(done)[0]:
+                episode_stats["return"].append(float(info["episode_return"][i]))
+                episode_stats["length"].append(int(info["episode_length"][i]))
+                success = float(info["is_success"][i]) if "is_success" in info else float("nan")
+                if np.isfinite(success):
+                    episode_stats["success"].append(success)
+            for name, values in info.get("reward_terms", {}).items():
+                term_sums[name] = term_sums.get(name, 0.0) + float(np.mean(values))
+            starts = torch.from_numpy(done)
+        with torch.no_grad():
+            if state is not None:
+                state = state * (~starts).float().view(1, 1, -1, 1)
+            last_values = policy.value_only(torch.from_numpy(obs), state)
+        buffer.compute_returns(last_values, self.cfg.algo.gamma, self.cfg.algo.gae_lambda)
+        term_means = {f"reward_terms/{k}": v / buffer.T for k, v in term_sums.items()}
+        return obs, starts, state, term_means
+
+    # ---- main loop -----------------------------------------------------------------------------------
+    def evaluate_now(self, episodes: int | None = None) -> dict:
+        self.policy.eval()
+        result = evaluate(
+            TorchPolicy(self.policy), self.cfg.env.task, episodes or self.cfg.runner.eval_episodes,
+            seed=10_000 + self.cfg.seed, randomization=self.cfg.env.randomization,
+        )
+        self.policy.train()
+        return result.as_dict()
+
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        logger = MetricsLogger(self.run_dir, resume_step=self._resumed_step)
+        buffer = RolloutBuffer(
+            cfg.algo.rollout_steps, cfg.env.num_envs, self.policy.obs_size,
+            () if self.policy.discrete else (self.policy.action_size,), self.policy.action_size,
+            self.policy.state_shape_per_env,
+        )
+        obs, _ = self.venv.reset(seed=cfg.seed + 7919 * self.iteration)
+        starts = torch.ones(cfg.env.num_envs, dtype=torch.bool)
+        state = self.policy.initial_state(cfg.env.num_envs)
+        episode_stats = {"return": deque(maxlen=50), "length": deque(maxlen=50), "success": deque(maxlen=50)}
+        interrupted, final_eval, consistent = False, None, True
+        previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        progress = Progress(
+            TextColumn("[bold]train[/] {task.fields[status]}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+            TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.show_progress, transient=False,
+        )
+        try:
+            with progress:
+                bar = progress.add_task("train", total=cfg.runner.total_steps, completed=self.global_step, status="")
+                while self.iteration < self.total_iterations:
+                    consistent = False  # weights and counters disagree until the iteration is booked
+                    t0 = time.perf_counter()
+                    obs, starts, state, term_means = self._collect(buffer, obs, starts, state, episode_stats)
+                    t1 = time.perf_counter()
+                    stats = self.algo.update(buffer, self.np_rng)
+                    if self.policy.normalizer is not None:
+                        # After the update, so the update sees the same normalization as collection did.
+                        self.policy.normalizer.update(buffer.obs)
+                    t2 = time.perf_counter()
+                    self.iteration += 1
+                    self.global_step += self.steps_per_iter
+                    consistent = True
+                    record = {"iteration": self.iteration, "time/collect_s": t1 - t0, "time/update_s": t2 - t1,
+                              "steps_per_s": self.steps_per_iter / (t2 - t0), **stats, **term_means}
+                    if episode_stats["return"]:
+                        record["episode/return"] = float(np.mean(episode_stats["return"]))
+                        record["episode/length"] = float(np.mean(episode_stats["length"]))
+                    if episode_stats["success"]:
+                        record["episode/success"] = float(np.mean(episode_stats["success"]))
+                    last = self.iteration == self.total_iterations
+                    if self.iteration % cfg.runner.eval_every == 0 or last:
+                        final_eval = self.evaluate_now()
+                        self.last_eval = final_eval
+                        record.update({f"eval/{k}": v for k, v in final_eval.items() if k != "returns"})
+                    logger.log(self.global_step, record)
+                    if self.iteration % cfg.runner.checkpoint_every == 0 or last:
+                        self.save()
+                    ret = record.get("episode/return", float("nan"))
+                    progress.update(bar, completed=self.global_step,
+                                    status=f"return {ret:8.1f}  {record['steps_per_s']:6.0f} steps/s")
+        except KeyboardInterrupt:
+            # Save only a consistent state; mid-update, the last periodic checkpoint is the resume point.
+            interrupted = True
+            if consistent:
+                self.save()
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            logger.close()
+            self.venv.close()
+        return TrainResult(self.run_dir, self.global_step, final_eval, interrupted)
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def load_trained_policy(run_dir: str | Path) -> tuple[RunConfig, ActorCritic, dict]:
+    """(config, policy with trained weights, checkpoint) of a run folder."""
+    from sim.tasks import make_env
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    env = make_env(cfg.env.task)
+    policy = build_policy(cfg, env.observation_space, env.action_space)
+    env.close()
+    policy.load_state_dict(ckpt["policy"])
+    policy.eval()
+    return cfg, policy, ckpt

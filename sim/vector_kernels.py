@@ -1,0 +1,256 @@
+"""Step kernels used by the workers of :mod:`sim.vector`: how one slice of envs advances by one step.
+
+A kernel turns actions [n, *A] into a :class:`StepBatch` for the n envs of a slice. The envs keep their
+own state (MuJoCo model and data, generators); kernels only replace the per-env ``step`` call, and resets
+always go through ``env.reset``, so a kernel can never change what an episode starts from.
+
+- :class:`LoopKernel` works for every env: it calls ``env.step`` on each in turn.
+- :class:`HalfCheetahKernel` steps Gymnasium's ``HalfCheetah-v5`` without its per-env Python step: one loop
+  around ``mj_step`` for the slice, then observations, rewards and the time limit for all envs at once
+  with numpy. It reproduces ``gymnasium.make("HalfCheetah-v5")`` exactly (a test compares them), the way
+  EnvPool re-implements the same env in C++. It is picked only for unwrapped HalfCheetah-v5 envs behind
+  Gymnasium's default wrappers; anything else falls back to the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+
+class KernelEnvError(Exception):
+    """Env number ``index`` of the slice raised while stepping (the original exception is chained)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+@dataclass
+class StepBatch:
+    """One step of n envs, before auto-reset.
+
+    Attributes:
+        obs: float32 [n, *O], observation after the step (the final one if the episode ended).
+        reward: float64 [n].
+        terminated: bool [n].
+        truncated: bool [n].
+        unstable: bool [n], the env reported diverged physics.
+        success: float64 [n], 1/0 where the env reported ``is_success``, NaN elsewhere.
+        terms: float64 [K, n], named reward terms in the vector env's order (zeros where not reported).
+    """
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    unstable: np.ndarray
+    success: np.ndarray
+    terms: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, obs_shape: tuple[int, ...], num_terms: int) -> StepBatch:
+        return cls(
+            obs=np.zeros((n, *obs_shape), np.float32),
+            reward=np.zeros(n, np.float64),
+            terminated=np.zeros(n, bool),
+            truncated=np.zeros(n, bool),
+            unstable=np.zeros(n, bool),
+            success=np.full(n, np.nan),
+            terms=np.zeros((num_terms, n), np.float64),
+        )
+
+
+class Kernel(Protocol):
+    """Advances a fixed slice of envs by one step."""
+
+    def step(self, actions: np.ndarray) -> StepBatch:
+        """actions [n, *A] -> results of the n envs; raises KernelEnvError naming the failing env."""
+        ...
+
+    def after_reset(self, k: int) -> None:
+        """Env k of the slice was just reset through ``env.reset``."""
+        ...
+
+
+class LoopKernel:
+    """Calls ``env.step`` for each env of the slice: works for any Gymnasium env.
+
+    Args:
+        envs: The slice's envs.
+        term_source: Where reward terms come from: "reward_terms" (``info["reward_terms"]`` dict, our
+            robot tasks), "info" (numeric ``info["reward_*"]`` entries, Gymnasium envs) or "none".
+        term_names: Term names in output order.
+    """
+
+    def __init__(self, envs: Sequence[gym.Env], term_source: str, term_names: tuple[str, ...]) -> None:
+        self.envs = list(envs)
+        self.term_source = term_source
+        self.term_index = {name: j for j, name in enumerate(term_names)}
+        self.obs_shape = tuple(envs[0].observation_space.shape)
+
+    def step(self, actions: np.ndarray) -> StepBatch:
+        out = StepBatch.empty(len(self.envs), self.obs_shape, len(self.term_index))
+        for k, env in enumerate(self.envs):
+            try:
+                obs, reward, terminated, truncated, info = env.step(actions[k])
+                out.obs[k] = obs
+            except Exception as exc:
+                raise KernelEnvError(k) from exc
+            out.reward[k] = reward
+            out.terminated[k] = terminated
+            out.truncated[k] = truncated
+            out.unstable[k] = bool(info.get("physics_unstable", False))
+            success = info.get("is_success")
+            if success is not None:
+                out.success[k] = float(success)
+            if self.term_source == "reward_terms":
+                for name, value in info.get("reward_terms", {}).items():
+                    j = self.term_index.get(name)
+                    if j is not None:
+                        out.terms[j, k] = value
+            elif self.term_source == "info":
+                for name, j in self.term_index.items():
+                    if name in info:
+                        out.terms[j, k] = info[name]
+        return out
+
+    def after_reset(self, k: int) -> None:
+        del k  # env.step keeps its own time limit
+
+
+# Wrappers that gymnasium.make adds and that change nothing a kernel would compute differently.
+_PASSIVE_WRAPPERS = ("TimeLimit", "OrderEnforcing", "PassiveEnvChecker")
+
+
+def _wrapper_chain(env: gym.Env) -> tuple[list[str], int | None]:
+    """Names of the wrapper classes around ``env`` and the TimeLimit's max steps (None if absent)."""
+    names, max_steps = [], None
+    while isinstance(env, gym.Wrapper):
+        names.append(type(env).__name__)
+        if isinstance(env, gym.wrappers.TimeLimit):
+            max_steps = env._max_episode_steps
+        env = env.env
+    return names, max_steps
+
+
+class HalfCheetahKernel:
+    """Gymnasium's HalfCheetah-v5, stepped for a whole slice at once (same numbers as ``env.step``).
+
+    Per step and env (Gymnasium's ``HalfCheetahEnv.step`` and ``TimeLimit``): ``ctrl = action``;
+    ``frame_skip`` calls of ``mj_step``; ``mj_rnePostConstraint``; obs = qpos[1:] ++ qvel;
+    reward = forward_weight * dx/dt - ctrl_weight * sum(action^2) (the sum in the action's float32, as
+    Gymnasium computes it); terminated = False; truncated when the step count reaches the time limit.
+    """
+
+    term_names: ClassVar[tuple[str, ...]] = ("reward_forward", "reward_ctrl")
+
+    @classmethod
+    def accepts(cls, envs: Sequence[gym.Env]) -> bool:
+        try:
+            from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+        except ImportError:  # pragma: no cover - the env moved in a future Gymnasium
+            return False
+        keys = set()
+        for env in envs:
+            raw = env.unwrapped
+            names, _ = _wrapper_chain(env)
+            if type(raw) is not HalfCheetahEnv or raw.render_mode is not None:
+                return False
+            if any(name not in _PASSIVE_WRAPPERS for name in names):
+                return False
+            keys.add(
+                (
+                    raw.frame_skip,
+                    raw._forward_reward_weight,
+                    raw._ctrl_cost_weight,
+                    raw._exclude_current_positions_from_observation,
+                )
+            )
+        return len(keys) == 1
+
+    def __init__(self, envs: Sequence[gym.Env]) -> None:
+        raws = [env.unwrapped for env in envs]
+        self.models = [raw.model for raw in raws]
+        self.datas = [raw.data for raw in raws]
+        first = raws[0]
+        self.frame_skip = int(first.frame_skip)
+        self.dt = float(first.dt)
+        self.forward_weight = float(first._forward_reward_weight)
+        self.ctrl_weight = float(first._ctrl_cost_weight)
+        self.skip = 1 if first._exclude_current_positions_from_observation else 0
+        limits = [_wrapper_chain(env)[1] for env in envs]
+        self.max_steps = np.array([lim if lim is not None else np.iinfo(np.int64).max for lim in limits])
+        n, nq, nv = len(envs), first.model.nq, first.model.nv
+        self.elapsed = np.zeros(n, np.int64)
+        self.obs_size = nq - self.skip + nv
+        # qpos ++ qvel of every env after its latest step or reset, read with one mj_getState call per env.
+        self._state_spec = mujoco.mjtState.mjSTATE_QPOS | mujoco.mjtState.mjSTATE_QVEL
+        self._state = np.zeros((n, nq + nv))
+        self._nq = nq
+        # MjData array attributes are views of fixed buffers; fetching them once saves a wrapper per step.
+        self._ctrl = [d.ctrl for d in self.datas]
+        for k in range(n):
+            self._read_state(k)
+
+    def step(self, actions: np.ndarray) -> StepBatch:
+        n = len(self.datas)
+        step, post, get_state = mujoco.mj_step, mujoco.mj_rnePostConstraint, mujoco.mj_getState
+        models, datas, ctrl, state, spec, fs = (
+            self.models,
+            self.datas,
+            self._ctrl,
+            self._state,
+            self._state_spec,
+            self.frame_skip,
+        )
+        x_before = state[:, 0].copy()
+        for k in range(n):
+            m, d = models[k], datas[k]
+            try:
+                ctrl[k][:] = actions[k]
+                step(m, d, fs)
+                post(m, d)  # as Gymnasium does: keeps cfrc_ext etc. current for anyone reading data
+                get_state(m, d, state[k], spec)
+            except Exception as exc:
+                raise KernelEnvError(k) from exc
+        nq = self._nq
+        qpos, qvel = state[:, :nq], state[:, nq:]
+        x_velocity = (qpos[:, 0] - x_before) / self.dt
+        forward = self.forward_weight * x_velocity
+        # Gymnasium: ctrl_weight * np.sum(np.square(action)) with a float32 action stays float32 (NEP 50).
+        sq_sum = np.sum(np.square(actions), axis=1)
+        ctrl_cost = (sq_sum * sq_sum.dtype.type(self.ctrl_weight)).astype(np.float64)
+        self.elapsed += 1
+        out = StepBatch.empty(n, (self.obs_size,), 2)
+        out.obs[:, : qpos.shape[1] - self.skip] = qpos[:, self.skip :]
+        out.obs[:, qpos.shape[1] - self.skip :] = qvel
+        out.reward[:] = forward - ctrl_cost
+        out.truncated[:] = self.elapsed >= self.max_steps
+        out.terms[0] = forward
+        out.terms[1] = -ctrl_cost
+        return out
+
+    def after_reset(self, k: int) -> None:
+        self.elapsed[k] = 0
+        self._read_state(k)
+
+    def _read_state(self, k: int) -> None:
+        mujoco.mj_getState(self.models[k], self.datas[k], self._state[k], self._state_spec)
+
+
+KERNELS: tuple[type, ...] = (HalfCheetahKernel,)
+"""Batched kernels, tried in order; each has ``accepts(envs)`` and ``term_names``."""
+
+
+def find_kernel(envs: Sequence[gym.Env], term_names: tuple[str, ...]) -> Kernel | None:
+    """A batched kernel for ``envs`` if one reproduces them (same reward-term names), else None."""
+    for kernel_cls in KERNELS:
+        if kernel_cls.term_names == term_names and kernel_cls.accepts(envs):
+            return kernel_cls(envs)
+    return None
