@@ -101,13 +101,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return 2
         res = evaluate(policy, task, args.episodes, args.seed, settings[name]).as_dict()
         results[name] = res
-        console.print(f"{source} on {task} [{name}]: return {res['mean_return']:.1f} ± {res['std_return']:.1f}, "
+        console.print(f"{source} on {task} \\[{name}]: return {res['mean_return']:.1f} ± {res['std_return']:.1f}, "
                       f"success {res['success_rate']:.2f} over {args.episodes} episodes")
     _write_json(args.json, {"task": task, "source": str(source), "results": results})
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from rl_control import demo
+
+    demo.register(sub)
     p = sub.add_parser("train", help="train a policy from a YAML config")
     p.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. algo.lr=1e-3")

@@ -66,6 +66,7 @@ class PPOConfig(_Frozen):
     bptt_len: int = Field(32, ge=1, description="truncated BPTT sequence length (LSTM)")
     normalize_advantages: bool = Field(True, description="per-minibatch advantage normalization")
     reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
+    normalize_rewards: bool = Field(False, description="divide rewards by the running std of the return")
 
 
 AlgoConfig = PPOConfig

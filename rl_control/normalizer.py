@@ -39,3 +39,32 @@ class RunningNormalizer(nn.Module):
         mean = self.mean.to(x.dtype)
         std = torch.sqrt(self.var + self.eps).to(x.dtype)
         return torch.clamp((x - mean) / std, -self.clip, self.clip)
+
+
+class RewardScaler:
+    """Divides rewards by the running standard deviation of the discounted return (per-env returns,
+    reset at episode ends), the "reward scaling" of Engstrom et al. 2020. Keeps value targets near
+    unit scale whatever the task's reward magnitude."""
+
+    def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8) -> None:
+        self.gamma, self.eps = gamma, eps
+        self.returns = torch.zeros(num_envs, dtype=torch.float64)
+        self.mean = torch.zeros(1, dtype=torch.float64)
+        self.var = torch.ones(1, dtype=torch.float64)
+        self.count = torch.tensor(1e-4, dtype=torch.float64)
+
+    def __call__(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        """Scale one step's rewards [N]; ``dones`` [N] ends the running returns after this step."""
+        self.returns = self.returns * self.gamma + rewards.to(torch.float64)
+        r = self.returns.unsqueeze(-1)
+        self.mean, self.var, self.count = merge_moments(
+            self.mean, self.var, self.count, r.mean(0), r.var(0, unbiased=False), r.shape[0]
+        )
+        self.returns = self.returns * (~dones).to(torch.float64)
+        return (rewards / torch.sqrt(self.var + self.eps)).to(rewards.dtype)
+
+    def state_dict(self) -> dict:
+        return {"returns": self.returns, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns, self.mean, self.var, self.count = (state[k] for k in ("returns", "mean", "var", "count"))

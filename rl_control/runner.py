@@ -31,6 +31,7 @@ from rl_control.config import RunConfig, load_config
 from rl_control.evaluation import TorchPolicy, evaluate
 from rl_control.metrics import MetricsLogger
 from rl_control.networks import ActorCritic
+from rl_control.normalizer import RewardScaler
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
 
@@ -88,6 +89,7 @@ class Runner:
         self.np_rng = np.random.default_rng(cfg.seed)
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)
         self.last_eval: dict | None = None
+        self.reward_scaler = RewardScaler(cfg.env.num_envs, a.gamma) if a.normalize_rewards else None
         self._resumed_step: int | None = None
 
     # ---- construction helpers --------------------------------------------------------------------
@@ -114,6 +116,8 @@ class Runner:
         torch.set_rng_state(ckpt["torch_global"])
         random.setstate(ckpt["py_random"])
         self.last_eval = ckpt.get("last_eval")
+        if self.reward_scaler is not None and ckpt.get("reward_scaler") is not None:
+            self.reward_scaler.load_state_dict(ckpt["reward_scaler"])
         self._resumed_step = self.global_step
 
     def checkpoint_payload(self) -> dict:
@@ -127,6 +131,7 @@ class Runner:
             "torch_global": torch.get_rng_state(),
             "py_random": random.getstate(),
             "last_eval": self.last_eval,
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler is not None else None,
             "config": self.cfg.model_dump(mode="json"),
             "config_hash": self.cfg.digest(),
         }
@@ -151,7 +156,10 @@ class Runner:
             term_t, trunc_t = torch.from_numpy(terminated), torch.from_numpy(truncated)
             buffer.obs[t], buffer.actions[t], buffer.log_probs[t] = obs_t, action, log_prob
             buffer.values[t], buffer.out[t], buffer.starts[t] = value, out, starts
-            buffer.rewards[t] = torch.from_numpy(reward).float() * self.cfg.algo.reward_scale
+            rewards = torch.from_numpy(reward).float() * self.cfg.algo.reward_scale
+            if self.reward_scaler is not None:
+                rewards = self.reward_scaler(rewards, term_t | trunc_t)
+            buffer.rewards[t] = rewards
             buffer.terminated[t], buffer.truncated[t] = term_t, trunc_t
             if truncated.any():
                 idx = torch.from_numpy(np.nonzero(truncated)[0])

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds (default 5)")
     parser.add_argument("--seconds", type=float, default=0.3, help="seconds per measurement (default 0.3)")
     parser.add_argument("--workers", type=int, default=None, help="our worker processes (default: per core)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,26 +85,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 + ", ".join(f"{k} {common.fmt_rate(v)}" for k, v in row["_timings"].items())
             )
 
-    common.print_table(
-        f"env-steps/s (median ±half range of {rounds} interleaved rounds, {cores} cores)",
-        [
-            "task",
-            "envs",
-            "ours",
-            "sync",
-            "async",
-            "envpool",
-            "bound",
-            "ours/sync",
-            "ours/async",
-            "ours/envpool",
-            "ours/bound",
-        ],
-        table,
-        caption="bound = single-thread mj_step rate / frame skip x cores we use; ours/bound is the fraction "
-        "of raw physics our vector env delivers.",
+    columns = ["task", "envs", "ours", "sync", "async", "envpool", "bound", "ours/sync", "ours/async",
+               "ours/envpool", "ours/bound"]  # fmt: skip
+    title = f"env-steps/s (median ±half range of {rounds} interleaved rounds, {cores} cores)"
+    caption = (
+        "bound = single-thread mj_step rate / frame skip x cores we use; ours/bound is the fraction of raw "
+        "physics our vector env delivers."
     )
+    common.print_table(title, columns, table, caption=caption)
+    if getattr(args, "markdown", False):
+        print(common.markdown_table(columns, table))
     targets = _targets(rows)
+    busy = report["load_before"] and report["load_before"][0] > 0.5
+    if busy:
+        targets["lines"].append(
+            f"note: the machine was busy before the run (load {report['load_before'][0]:.2f}); process pools "
+            "with a barrier per step suffer more from other jobs than work-stealing thread pools"
+        )
     for line in targets["lines"]:
         print(line)
     for row in rows:
