@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -147,10 +148,14 @@ def to_onnx(module: InferencePolicy, obs_size: int, hidden: int) -> onnx.ModelPr
         for name in ("h_in", "c_in", "h_out", "c_out"):
             dynamic[name] = {1: "batch"}
     buffer = io.BytesIO()
-    torch.onnx.export(
-        module, tuple(example), buffer, input_names=inputs, output_names=outputs,
-        dynamic_axes=dynamic, opset_version=17, dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The LSTM batch-size warning does not apply: h_in/c_in are explicit graph inputs.
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # LSTM shape checks, constant here
+        torch.onnx.export(
+            module, tuple(example), buffer, input_names=inputs, output_names=outputs,
+            dynamic_axes=dynamic, opset_version=17, dynamo=False,
+        )
     return onnx.load_from_string(buffer.getvalue())
 
 

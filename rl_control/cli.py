@@ -15,6 +15,7 @@ from pathlib import Path
 # Benchmarks: name -> module with ``add_arguments(parser)`` and ``run(args) -> dict``.
 BENCHMARKS = {
     "sim": "rl_control.bench.sim",
+    "infer": "rl_control.bench.infer",
 }
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from sim.randomization import RandomizationConfig
 
@@ -69,8 +69,71 @@ class PPOConfig(_Frozen):
     normalize_rewards: bool = Field(False, description="divide rewards by the running std of the return")
 
 
-AlgoConfig = PPOConfig
-"""Becomes a union discriminated by ``name`` as more algorithms arrive; ``name`` defaults to ppo."""
+class TRPOConfig(_Frozen):
+    """Trust Region Policy Optimization (Schulman et al. 2015) with GAE (Schulman et al. 2016)."""
+
+    name: Literal["trpo"] = Field("trpo", description="algorithm: trust region policy optimization")
+    rollout_steps: int = Field(256, ge=1, description="steps per env per iteration")
+    gamma: float = Field(0.99, ge=0, le=1, description="discount")
+    gae_lambda: float = Field(0.97, ge=0, le=1, description="GAE lambda")
+    max_kl: float = Field(0.01, gt=0, description="trust-region radius delta on the mean KL(old || new)")
+    cg_iters: int = Field(10, ge=1, description="conjugate-gradient iterations per solve")
+    cg_damping: float = Field(0.1, ge=0, description="damping added to the Fisher (and Gauss-Newton) products")
+    cg_residual_tol: float = Field(1e-10, gt=0, description="CG stops when the squared residual is below this")
+    line_search_steps: int = Field(10, ge=1, description="backtracking steps before keeping the old policy")
+    line_search_shrink: float = Field(0.5, gt=0, lt=1, description="step fraction factor per backtrack")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight in the surrogate")
+    normalize_advantages: bool = Field(True, description="normalize advantages over the whole batch")
+    value_method: Literal["regression", "trust_region"] = Field(
+        "regression", description="value fit: Adam regression, or the GAE paper's trust-region regression"
+    )
+    vf_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the value regression")
+    vf_epochs: int = Field(5, ge=1, description="passes over the rollout of the value regression")
+    vf_minibatches: int = Field(4, ge=1, description="minibatches per pass of the value regression")
+    vf_max_change: float = Field(
+        0.05, gt=0, description="trust_region value: bound on mean (V_new - V_old)^2 / (2 sigma^2)"
+    )
+    bptt_len: int = Field(32, ge=1, description="truncated BPTT sequence length (LSTM)")
+    reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
+    normalize_rewards: bool = Field(False, description="divide rewards by the running std of the return")
+
+
+class ACKTRConfig(_Frozen):
+    """Actor-critic using Kronecker-factored trust region (Wu et al. 2017); MLP policies only."""
+
+    name: Literal["acktr"] = Field("acktr", description="algorithm: K-FAC natural actor-critic")
+    rollout_steps: int = Field(256, ge=1, description="steps per env per iteration")
+    gamma: float = Field(0.99, ge=0, le=1, description="discount")
+    gae_lambda: float = Field(0.97, ge=0, le=1, description="GAE lambda")
+    lr: float = Field(0.5, gt=0, description="maximum actor step size eta_max (the KL clip usually binds)")
+    kl_clip: float = Field(0.01, gt=0, description="actor trust region delta on the quadratic KL estimate")
+    vf_lr: float = Field(1.0, gt=0, description="maximum critic step size (1.0 = the full Gauss-Newton step)")
+    vf_kl_clip: float = Field(
+        0.1, gt=0, description="critic trust region on mean (V_new - V_old)^2 / (2 sigma^2), sigma^2 = value MSE"
+    )
+    vf_steps: int = Field(4, ge=1, description="critic K-FAC steps per iteration (full batch each)")
+    damping: float = Field(1e-2, gt=0, description="Tikhonov damping of the Kronecker-factored Fisher")
+    stat_decay: float = Field(0.95, ge=0, lt=1, description="running-average decay of the K-FAC factors")
+    inverse_every: int = Field(10, ge=1, description="K-FAC steps between eigendecompositions of the factors")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight")
+    normalize_advantages: bool = Field(True, description="normalize advantages over the whole batch")
+    reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
+    normalize_rewards: bool = Field(False, description="divide rewards by the running std of the return")
+
+
+def _default_algo_name(value: object) -> object:
+    if isinstance(value, dict) and "name" not in value:
+        return {**value, "name": "ppo"}
+    return value
+
+
+# Add each new algorithm's config class to this union (discriminated by its ``name`` literal).
+AlgoConfig = Annotated[
+    PPOConfig | TRPOConfig | ACKTRConfig,
+    Field(discriminator="name"),
+    BeforeValidator(_default_algo_name),
+]
+"""One algorithm's settings, selected by ``name`` (default ppo)."""
 
 
 class RunnerConfig(_Frozen):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rl_control.algorithms.ppo import PPO
+from rl_control.algorithms import make_algorithm
 from rl_control.buffers import RolloutBuffer
 from rl_control.checkpoint import load_checkpoint, save_checkpoint
 from rl_control.config import RunConfig, load_config
@@ -84,7 +84,7 @@ class Runner:
         a = cfg.algo
         self.steps_per_iter = a.rollout_steps * cfg.env.num_envs
         self.total_iterations = -(-cfg.runner.total_steps // self.steps_per_iter)
-        self.algo = PPO(self.policy, a, self.total_iterations)
+        self.algo = make_algorithm(self.policy, a, self.total_iterations)
         self.iteration, self.global_step = 0, 0
         self.np_rng = np.random.default_rng(cfg.seed)
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)
