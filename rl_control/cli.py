@@ -16,6 +16,7 @@ from pathlib import Path
 BENCHMARKS = {
     "sim": "rl_control.bench.sim",
     "infer": "rl_control.bench.infer",
+    "train": "rl_control.bench.train",
 }
 
 
