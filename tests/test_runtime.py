@@ -110,6 +110,12 @@ def test_bad_observations_raise(pendulum_linear: Path, obs: np.ndarray, message:
     assert policy.act(np.zeros(4, np.float32)) == pytest.approx([0.1], abs=1e-7)
 
 
+def test_large_finite_observations_are_accepted(pendulum_linear: Path) -> None:
+    # 1e20 squared overflows float32; the fast finiteness check must not reject it.
+    policy = OnnxPolicy(pendulum_linear)
+    assert policy.act(np.array([0.0, 0.0, 1e20, 0.0], np.float32)) == pytest.approx([1.0])
+
+
 def test_recurrent_state_is_carried_and_reset(tmp_path: Path) -> None:
     policy = OnnxPolicy(counter_policy(tmp_path / "rnn.onnx", obs_size=3, hidden=2, layers=2))
     assert (policy.recurrent, policy.lstm_hidden, policy.lstm_layers) == ("lstm", 2, 2)
@@ -215,3 +221,18 @@ def test_runtime_never_imports_torch_gymnasium_or_mujoco(pendulum_linear: Path, 
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
     )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_bench_infer_quick_runs(tmp_path: Path) -> None:
+    """`rlctl bench infer --quick` works and writes its JSON (no speed is asserted: see BENCHMARKS.md)."""
+    out = tmp_path / "infer.json"
+    cmd = [sys.executable, "-m", "rl_control.cli", "bench", "infer", "--quick", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"mlp", "lstm"}
+    for result in data["results"].values():
+        assert result["parity_max_abs_diff"] <= 1e-5
+        assert set(result["contenders"]) == {"ort", "ort_raw", "torch"}
+        assert result["contenders"]["ort"]["calls"] >= 600
+    assert data["environment"]["packages"]["onnxruntime"] and data["load_before"] is not None

@@ -20,5 +20,10 @@ setup(
     maintainer_email="maintainers@example.com",
     description="ROS 2 policy node and simulated-hardware node for ONNX robot policies.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "policy_node = rl_policy_ros.policy_node:main",
+            "sim_hardware_node = rl_policy_ros.sim_hardware_node:main",
+        ]
+    },
 )
