@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 ROS_PKG := ros_ws/src/rl_policy_ros
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-setup clean
 
 setup: $(STAMP)
 
@@ -28,5 +28,19 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check sim rl_control deploy tests $(ROS_PKG)
 
+# Benchmark peers (EnvPool) live only in .venv-bench: the lock file + requirements-bench.txt, and the
+# project itself editable without dependencies. Run benchmarks with .venv-bench/bin/rlctl bench ...
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.setup-done
+
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): requirements.lock requirements-bench.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-bench.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(BENCH_STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache

@@ -7,6 +7,9 @@ The graph = observation normalizer + actor (+ LSTM with explicit state) + action
   action range: what the interface's ``last_action`` term sees); ``target`` float32 [B, action_size]
   (actuator targets in interface units, the same formula as ``sim.interface.ActionMapper.targets``);
   recurrent: ``h_out``, ``c_out``. Discrete policies: ``action`` int64 [B] (index), no ``target``.
+  Off-policy actors (:class:`rl_control.offpolicy_networks.OffPolicyActor`: SAC, TQC, TD3) go through the
+  same contract; their deterministic action is low + (tanh(mean) + 1) / 2 (high - low) (SAC/TQC: the
+  squashed Gaussian's mean; TD3: the deterministic output), discrete SAC's is the argmax index.
 - metadata: see :func:`build_metadata` (interface JSON, algorithm, sizes, provenance).
 
 The parity gate runs torch and onnxruntime side by side over real rollouts in the task (domain
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from rl_control.networks import ActorCritic
+from rl_control.offpolicy_networks import OffPolicyActor
 from sim.interface import ActionMapper, RobotInterface
 from sim.randomization import RandomizationConfig
 from sim.tasks import make_env
@@ -46,9 +50,12 @@ class ParityError(RuntimeError):
 class InferencePolicy(nn.Module):
     """The deployed actor: a dedicated module holding only what inference needs, float32 throughout."""
 
-    def __init__(self, policy: ActorCritic, interface: RobotInterface | None) -> None:
+    def __init__(self, policy: ActorCritic | OffPolicyActor, interface: RobotInterface | None) -> None:
         super().__init__()
         self.discrete, self.recurrent = policy.discrete, policy.recurrent
+        # "clip": clip the Gaussian mean (ActorCritic); "tanh": squash into the box (off-policy actors).
+        self.squash = getattr(policy, "deterministic_squash", "clip")
+        self.action_size = policy.action_size
         norm = policy.normalizer
         size = policy.obs_size
         mean = norm.mean.float() if norm is not None else torch.zeros(size)
@@ -85,6 +92,9 @@ class InferencePolicy(nn.Module):
         if self.discrete:
             action = y.argmax(-1)
             return (action, h_out, c_out) if self.lstm is not None else action
+        if self.squash == "tanh":
+            half_range = 0.5 * (self.action_high - self.action_low)
+            y = self.action_low + (torch.tanh(y[..., : self.action_size]) + 1.0) * half_range
         action = torch.maximum(torch.minimum(y, self.action_high), self.action_low)
         target = self.target_offset + self.target_scale * action
         target = torch.maximum(torch.minimum(target, self.target_max), self.target_min)
@@ -109,7 +119,9 @@ def project_version() -> str:
         return "0+unknown"
 
 
-def build_metadata(policy: ActorCritic, interface: RobotInterface | None, info: ExportInfo) -> dict[str, str]:
+def build_metadata(
+    policy: ActorCritic | OffPolicyActor, interface: RobotInterface | None, info: ExportInfo
+) -> dict[str, str]:
     hidden = policy.cfg.lstm_hidden if policy.recurrent else 0
     return {
         "simreal_format": FORMAT_VERSION,
@@ -188,7 +200,8 @@ def parity_check(
                 feeds = dict(zip(in_names, [x, h, c][: len(in_names)], strict=True))
                 onnx_out = session.run(out_names, feeds)
                 with torch.no_grad():
-                    args = [torch.from_numpy(x)] + ([torch.from_numpy(h), torch.from_numpy(c)] if module.recurrent else [])
+                    state = [torch.from_numpy(h), torch.from_numpy(c)] if module.recurrent else []
+                    args = [torch.from_numpy(x), *state]
                     torch_out = module(*args)
                 torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
                 for name, a, b in zip(out_names, onnx_out, torch_out, strict=True):
@@ -214,7 +227,7 @@ def parity_check(
 
 
 def export_policy(
-    policy: ActorCritic,
+    policy: ActorCritic | OffPolicyActor,
     interface: RobotInterface | None,
     info: ExportInfo,
     out_path: str | Path,

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "sim": "rl_control.bench.sim",
     "infer": "rl_control.bench.infer",
     "train": "rl_control.bench.train",
+    "ros": "rl_control.bench.ros",
 }
 
 

@@ -44,13 +44,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rl_control.config import load_config
-    from rl_control.runner import Runner, new_run_dir
+    from rl_control.runner import make_runner, new_run_dir, resume_runner
 
     if args.resume:
-        runner = Runner.resume(args.resume)
+        runner = resume_runner(args.resume)
     else:
         cfg = load_config(args.config, args.set or [])
-        runner = Runner(cfg, new_run_dir(args.runs, cfg, args.name))
+        runner = make_runner(cfg, new_run_dir(args.runs, cfg, args.name))
     console.print(f"run folder: [bold]{runner.run_dir}[/]")
     result = runner.train()
     if result.interrupted:

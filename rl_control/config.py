@@ -78,10 +78,10 @@ class TRPOConfig(_Frozen):
     gae_lambda: float = Field(0.97, ge=0, le=1, description="GAE lambda")
     max_kl: float = Field(0.01, gt=0, description="trust-region radius delta on the mean KL(old || new)")
     cg_iters: int = Field(10, ge=1, description="conjugate-gradient iterations per solve")
-    cg_damping: float = Field(0.1, ge=0, description="damping added to the Fisher (and Gauss-Newton) products")
-    cg_residual_tol: float = Field(1e-10, gt=0, description="CG stops when the squared residual is below this")
+    cg_damping: float = Field(0.1, ge=0, description="damping added in the Fisher and Gauss-Newton products")
+    cg_residual_tol: float = Field(1e-10, gt=0, description="CG stops at this squared residual norm")
     line_search_steps: int = Field(10, ge=1, description="backtracking steps before keeping the old policy")
-    line_search_shrink: float = Field(0.5, gt=0, lt=1, description="step fraction factor per backtrack")
+    line_search_shrink: float = Field(0.8, gt=0, lt=1, description="step fraction factor per backtrack")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight in the surrogate")
     normalize_advantages: bool = Field(True, description="normalize advantages over the whole batch")
     value_method: Literal["regression", "trust_region"] = Field(
@@ -107,19 +107,80 @@ class ACKTRConfig(_Frozen):
     gae_lambda: float = Field(0.97, ge=0, le=1, description="GAE lambda")
     lr: float = Field(0.5, gt=0, description="maximum actor step size eta_max (the KL clip usually binds)")
     kl_clip: float = Field(0.01, gt=0, description="actor trust region delta on the quadratic KL estimate")
-    vf_lr: float = Field(1.0, gt=0, description="maximum critic step size (1.0 = the full Gauss-Newton step)")
+    vf_lr: float = Field(0.5, gt=0, description="maximum critic step size (1.0: the full Gauss-Newton step)")
     vf_kl_clip: float = Field(
-        0.1, gt=0, description="critic trust region on mean (V_new - V_old)^2 / (2 sigma^2), sigma^2 = value MSE"
+        0.1, gt=0, description="critic trust region on mean (V_new - V_old)^2 / (2 sigma^2), sigma^2 the MSE"
     )
     vf_steps: int = Field(4, ge=1, description="critic K-FAC steps per iteration (full batch each)")
-    damping: float = Field(1e-2, gt=0, description="Tikhonov damping of the Kronecker-factored Fisher")
+    damping: float = Field(0.1, gt=0, description="Tikhonov damping of the Kronecker-factored Fisher")
     stat_decay: float = Field(0.95, ge=0, lt=1, description="running-average decay of the K-FAC factors")
-    inverse_every: int = Field(10, ge=1, description="K-FAC steps between eigendecompositions of the factors")
+    inverse_every: int = Field(1, ge=1, description="K-FAC steps between eigendecompositions of the factors")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight")
     normalize_advantages: bool = Field(True, description="normalize advantages over the whole batch")
     reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
     normalize_rewards: bool = Field(False, description="divide rewards by the running std of the return")
 
+
+
+class _OffPolicyConfig(_Frozen):
+    """Settings shared by the off-policy algorithms (replay, targets, update-to-data ratio)."""
+
+    buffer_size: int = Field(1_000_000, ge=16, description="replay capacity in transitions (all envs together)")
+    batch_size: int = Field(256, ge=1, description="transitions per gradient update (MLP policies)")
+    warmup_steps: int = Field(5_000, ge=0, description="env steps of uniform random actions before learning")
+    utd_ratio: float = Field(1.0, gt=0, description="gradient updates per env step (update-to-data ratio)")
+    gamma: float = Field(0.99, ge=0, lt=1, description="discount")
+    tau: float = Field(0.005, gt=0, le=1, description="polyak rate of the target networks")
+    n_step: int = Field(1, ge=1, description="n of the n-step returns in the critic targets (MLP policies)")
+    actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the actor")
+    critic_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the critics")
+    reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")
+    reward_bounds: tuple[float, float] | None = Field(
+        None, description="known [r_min, r_max] of the scaled reward: clip targets to r / (1 - gamma)"
+    )
+    iteration_steps: int = Field(1_000, ge=1, description="env steps per iteration (one metrics record)")
+    save_replay: bool = Field(False, description="also checkpoint the replay buffer (large) for exact resume")
+
+
+class SACConfig(_OffPolicyConfig):
+    """Soft Actor-Critic (Haarnoja et al. 2018), continuous or discrete (Christodoulou 2019); LSTM with
+    ``policy.kind=lstm`` (continuous actions)."""
+
+    name: Literal["sac"] = Field("sac", description="algorithm: soft actor-critic")
+    alpha_lr: float = Field(3e-4, gt=0, description="Adam learning rate of log(alpha)")
+    init_alpha: float = Field(1.0, gt=0, description="initial entropy temperature alpha")
+    auto_alpha: bool = Field(True, description="tune alpha towards the target entropy")
+    target_entropy: float | None = Field(
+        None, description="entropy target (None: -|A| continuous, target_entropy_ratio * log K discrete)"
+    )
+    target_entropy_ratio: float = Field(0.98, gt=0, le=1, description="discrete SAC: target = ratio * log K")
+    burn_in: int = Field(16, ge=0, description="LSTM: steps that only refresh the hidden state per sequence")
+    sequence_length: int = Field(32, ge=1, description="LSTM: trained steps per sampled sequence")
+    sequences_per_batch: int = Field(16, ge=1, description="LSTM: sequences per gradient update")
+
+
+class TD3Config(_OffPolicyConfig):
+    """Twin Delayed DDPG (Fujimoto et al. 2018)."""
+
+    name: Literal["td3"] = Field("td3", description="algorithm: twin delayed deep deterministic policy gradient")
+    policy_delay: int = Field(2, ge=1, description="critic updates per actor and target update")
+    exploration_noise: float = Field(0.1, ge=0, description="std of the Gaussian action noise when collecting")
+    target_noise: float = Field(0.2, ge=0, description="std of the target policy smoothing noise")
+    target_noise_clip: float = Field(0.5, ge=0, description="clip of the target policy smoothing noise")
+
+
+class TQCConfig(_OffPolicyConfig):
+    """Truncated Quantile Critics (Kuznetsov et al. 2020)."""
+
+    name: Literal["tqc"] = Field("tqc", description="algorithm: truncated quantile critics")
+    n_critics: int = Field(5, ge=1, description="critic networks N")
+    n_quantiles: int = Field(25, ge=1, description="quantiles M per critic")
+    top_quantiles_to_drop: int = Field(2, ge=0, description="atoms k dropped per critic from the pooled target")
+    huber_kappa: float = Field(1.0, gt=0, description="threshold of the quantile Huber loss")
+    alpha_lr: float = Field(3e-4, gt=0, description="Adam learning rate of log(alpha)")
+    init_alpha: float = Field(1.0, gt=0, description="initial entropy temperature alpha")
+    auto_alpha: bool = Field(True, description="tune alpha towards the target entropy")
+    target_entropy: float | None = Field(None, description="entropy target (None: -|A|)")
 
 def _default_algo_name(value: object) -> object:
     if isinstance(value, dict) and "name" not in value:
@@ -129,7 +190,7 @@ def _default_algo_name(value: object) -> object:
 
 # Add each new algorithm's config class to this union (discriminated by its ``name`` literal).
 AlgoConfig = Annotated[
-    PPOConfig | TRPOConfig | ACKTRConfig,
+    PPOConfig | TRPOConfig | ACKTRConfig | SACConfig | TD3Config | TQCConfig,
     Field(discriminator="name"),
     BeforeValidator(_default_algo_name),
 ]

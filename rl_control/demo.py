@@ -48,12 +48,12 @@ def _latest_demo_run() -> Path:
 
 def stage_train(args: argparse.Namespace) -> tuple[Path, dict]:
     from rl_control.config import load_config
-    from rl_control.runner import Runner, new_run_dir
+    from rl_control.runner import make_runner, new_run_dir, resume_runner
 
     if args.resume is not None:
         run_dir = Path(args.resume) if args.resume != "latest" else _latest_demo_run()
         _status(1, f"resuming training in {run_dir}")
-        runner = Runner.resume(run_dir)
+        runner = resume_runner(run_dir)
     else:
         overrides = list(QUICK_OVERRIDES if args.quick else ()) + list(args.set or [])
         cfg = load_config(demo_config_path(args.task), overrides)
@@ -61,7 +61,7 @@ def stage_train(args: argparse.Namespace) -> tuple[Path, dict]:
         _status(1, f"training {cfg.algo.name.upper()} ({cfg.policy.kind.upper()}) on {cfg.env.task} for "
                 f"{cfg.runner.total_steps:,} steps, randomization {'on' if cfg.env.randomization.enabled else 'off'} "
                 f"-> {run_dir}")
-        runner = Runner(cfg, run_dir)
+        runner = make_runner(cfg, run_dir)
     t0 = time.perf_counter()
     result = runner.train()
     if result.interrupted:
@@ -111,7 +111,8 @@ def stage_evaluate(onnx_path: Path, run_dir: Path, episodes: int) -> dict[str, d
 def stage_ros(onnx_path: Path, run_dir: Path, seconds: float) -> dict[str, Any]:
     from rl_control.ros_demo import run_closed_loop
 
-    _status(4, f"deploying through ROS 2: simulated-hardware node + policy node, {seconds:.0f} s closed loop")
+    _status(4, f"deploying through ROS 2: simulated-hardware node + policy node, ~{seconds:.0f} s closed loop "
+               "(whole episodes, at least one)")
     result = run_closed_loop(onnx_path, run_dir / "ros", seconds)
     if result.get("ok"):
         console.print(f"    ROS return {result['ros_return']:.1f} vs in-process {result['sim_return']:.1f}; "

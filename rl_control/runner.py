@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rl_control.algorithms import make_algorithm
+from rl_control.algorithms import is_off_policy, make_algorithm
 from rl_control.buffers import RolloutBuffer
 from rl_control.checkpoint import load_checkpoint, save_checkpoint
 from rl_control.config import RunConfig, load_config
@@ -56,6 +56,43 @@ def build_policy(cfg: RunConfig, obs_space: gym.Space, act_space: gym.Space) -> 
     return ActorCritic(
         obs_space.shape[0], act_space.shape[0], cfg.policy,
         action_low=torch.as_tensor(act_space.low), action_high=torch.as_tensor(act_space.high),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def evaluate_policy(policy: torch.nn.Module, cfg: RunConfig, episodes: int | None = None) -> dict:
+    """Deterministic evaluation of a torch actor on the run's task (eval mode during the episodes)."""
+    policy.eval()
+    result = evaluate(
+        TorchPolicy(policy), cfg.env.task, episodes or cfg.runner.eval_episodes,
+        seed=10_000 + cfg.seed, randomization=cfg.env.randomization,
+    )
+    policy.train()
+    return result.as_dict()
+
+
+def record_episodes(info: dict, done: np.ndarray, episode_stats: dict[str, deque]) -> None:
+    """Append the return, length and success of every episode that ended this step (vector-env infos)."""
+    for i in np.nonzero(done)[0]:
+        episode_stats["return"].append(float(info["episode_return"][i]))
+        episode_stats["length"].append(int(info["episode_length"][i]))
+        success = float(info["is_success"][i]) if "is_success" in info else float("nan")
+        if np.isfinite(success):
+            episode_stats["success"].append(success)
+
+
+def make_progress(show: bool) -> Progress:
+    """The training progress bar (steps, elapsed, ETA, a status text field)."""
+    return Progress(
+        TextColumn("[bold]train[/] {task.fields[status]}"), BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} steps"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not show, transient=False,
     )
 
 
@@ -95,9 +132,7 @@ class Runner:
     # ---- construction helpers --------------------------------------------------------------------
     @staticmethod
     def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(seed)
 
     @classmethod
     def resume(cls, run_dir: str | Path, show_progress: bool = True) -> Runner:
@@ -168,12 +203,7 @@ class Runner:
                 with torch.no_grad():
                     buffer.final_values[t, idx] = policy.value_only(final_obs, sub_state)
             done = terminated | truncated
-            for i in np.nonzero(done)[0]:
-                episode_stats["return"].append(float(info["episode_return"][i]))
-                episode_stats["length"].append(int(info["episode_length"][i]))
-                success = float(info["is_success"][i]) if "is_success" in info else float("nan")
-                if np.isfinite(success):
-                    episode_stats["success"].append(success)
+            record_episodes(info, done, episode_stats)
             for name, values in info.get("reward_terms", {}).items():
                 term_sums[name] = term_sums.get(name, 0.0) + float(np.mean(values))
             starts = torch.from_numpy(done)
@@ -187,13 +217,7 @@ class Runner:
 
     # ---- main loop -----------------------------------------------------------------------------------
     def evaluate_now(self, episodes: int | None = None) -> dict:
-        self.policy.eval()
-        result = evaluate(
-            TorchPolicy(self.policy), self.cfg.env.task, episodes or self.cfg.runner.eval_episodes,
-            seed=10_000 + self.cfg.seed, randomization=self.cfg.env.randomization,
-        )
-        self.policy.train()
-        return result.as_dict()
+        return evaluate_policy(self.policy, self.cfg, episodes)
 
     def train(self) -> TrainResult:
         cfg = self.cfg
@@ -209,10 +233,7 @@ class Runner:
         episode_stats = {"return": deque(maxlen=50), "length": deque(maxlen=50), "success": deque(maxlen=50)}
         interrupted, final_eval, consistent = False, None, True
         previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        progress = Progress(
-            TextColumn("[bold]train[/] {task.fields[status]}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
-            TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.show_progress, transient=False,
-        )
+        progress = make_progress(self.show_progress)
         try:
             with progress:
                 bar = progress.add_task("train", total=cfg.runner.total_steps, completed=self.global_step, status="")
@@ -263,6 +284,25 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler s
     raise KeyboardInterrupt
 
 
+def make_runner(cfg: RunConfig, run_dir: str | Path, show_progress: bool = True):
+    """The runner for ``cfg.algo.name``: :class:`Runner` (on-policy) or ``OffPolicyRunner`` (replay)."""
+    if is_off_policy(cfg.algo.name):
+        from rl_control.offpolicy_runner import OffPolicyRunner
+
+        return OffPolicyRunner(cfg, Path(run_dir), show_progress)
+    return Runner(cfg, Path(run_dir), show_progress)
+
+
+def resume_runner(run_dir: str | Path, show_progress: bool = True):
+    """Resume a run folder with the runner its config's algorithm needs."""
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    if is_off_policy(cfg.algo.name):
+        from rl_control.offpolicy_runner import OffPolicyRunner
+
+        return OffPolicyRunner.resume(run_dir, show_progress)
+    return Runner.resume(run_dir, show_progress)
+
+
 def load_trained_policy(run_dir: str | Path) -> tuple[RunConfig, ActorCritic, dict]:
     """(config, policy with trained weights, checkpoint) of a run folder."""
     from sim.tasks import make_env
@@ -271,7 +311,12 @@ def load_trained_policy(run_dir: str | Path) -> tuple[RunConfig, ActorCritic, di
     cfg = load_config(run_dir / "config.yaml")
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     env = make_env(cfg.env.task)
-    policy = build_policy(cfg, env.observation_space, env.action_space)
+    if is_off_policy(cfg.algo.name):
+        from rl_control.offpolicy_runner import build_actor
+
+        policy = build_actor(cfg, env.observation_space, env.action_space)
+    else:
+        policy = build_policy(cfg, env.observation_space, env.action_space)
     env.close()
     policy.load_state_dict(ckpt["policy"])
     policy.eval()

@@ -533,6 +533,13 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
             if not finite.all():
                 bad = np.flatnonzero(~finite).tolist()
                 raise ValueError(f"actions of envs {bad} contain NaN or inf: {a[bad[0]]} (env {bad[0]})")
+        space = self.single_action_space
+        if isinstance(space, gym.spaces.Discrete):
+            # Casting into the integer buffer would silently truncate 0.7 to 0 or wrap -1: refuse instead.
+            ok = (a == np.round(a)) & (a >= space.start) & (a < space.start + space.n)
+            if not ok.all():
+                bad = np.flatnonzero(~ok).tolist()
+                raise ValueError(f"actions of envs {bad} are not in {space}: {a[bad].tolist()}")
         return a
 
     def _collect(self) -> StepResult:
@@ -580,6 +587,16 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
 
         ``payloads[w]`` receives the text a worker sent with its OK (the kernel name at start-up).
         """
+        try:
+            self._await_answers(phase, payloads)
+        except KeyboardInterrupt:
+            # Answers still in flight would pair with the next command: this env cannot be used any more.
+            self._broken = f"interrupted while waiting for the workers during {phase}"
+            self._finalizer()
+            self.closed = True
+            raise
+
+    def _await_answers(self, phase: str, payloads: list[str] | None) -> None:
         pending = set(range(self.num_workers))
         deadline = time.monotonic() + self.timeout
         errors: list[str] = []

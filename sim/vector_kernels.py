@@ -53,6 +53,16 @@ class StepBatch:
     success: np.ndarray
     terms: np.ndarray
 
+    def clear(self) -> StepBatch:
+        """Reset every field to its "nothing reported" value (kernels reuse one batch per slice)."""
+        self.reward[:] = 0.0
+        self.terminated[:] = False
+        self.truncated[:] = False
+        self.unstable[:] = False
+        self.success[:] = np.nan
+        self.terms[:] = 0.0
+        return self
+
     @classmethod
     def empty(cls, n: int, obs_shape: tuple[int, ...], num_terms: int) -> StepBatch:
         return cls(
@@ -70,7 +80,10 @@ class Kernel(Protocol):
     """Advances a fixed slice of envs by one step."""
 
     def step(self, actions: np.ndarray) -> StepBatch:
-        """actions [n, *A] -> results of the n envs; raises KernelEnvError naming the failing env."""
+        """actions [n, *A] -> results of the n envs; raises KernelEnvError naming the failing env.
+
+        The returned batch may be reused by the next call: read or copy it before stepping again.
+        """
         ...
 
     def after_reset(self, k: int) -> None:
@@ -92,10 +105,10 @@ class LoopKernel:
         self.envs = list(envs)
         self.term_source = term_source
         self.term_index = {name: j for j, name in enumerate(term_names)}
-        self.obs_shape = tuple(envs[0].observation_space.shape)
+        self._out = StepBatch.empty(len(self.envs), tuple(envs[0].observation_space.shape), len(term_names))
 
     def step(self, actions: np.ndarray) -> StepBatch:
-        out = StepBatch.empty(len(self.envs), self.obs_shape, len(self.term_index))
+        out = self._out.clear()  # reused: the caller copies the results out before the next step
         for k, env in enumerate(self.envs):
             try:
                 obs, reward, terminated, truncated, info = env.step(actions[k])
@@ -189,6 +202,7 @@ class HalfCheetahKernel:
         n, nq, nv = len(envs), first.model.nq, first.model.nv
         self.elapsed = np.zeros(n, np.int64)
         self.obs_size = nq - self.skip + nv
+        self._out = StepBatch.empty(n, (self.obs_size,), len(self.term_names))
         # qpos ++ qvel of every env after its latest step or reset, read with one mj_getState call per env.
         self._state_spec = mujoco.mjtState.mjSTATE_QPOS | mujoco.mjtState.mjSTATE_QVEL
         self._state = np.zeros((n, nq + nv))
@@ -227,7 +241,7 @@ class HalfCheetahKernel:
         sq_sum = np.sum(np.square(actions), axis=1)
         ctrl_cost = (sq_sum * sq_sum.dtype.type(self.ctrl_weight)).astype(np.float64)
         self.elapsed += 1
-        out = StepBatch.empty(n, (self.obs_size,), 2)
+        out = self._out.clear()  # reused: the caller copies the results out before the next step
         out.obs[:, : qpos.shape[1] - self.skip] = qpos[:, self.skip :]
         out.obs[:, qpos.shape[1] - self.skip :] = qvel
         out.reward[:] = forward - ctrl_cost

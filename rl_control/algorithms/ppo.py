@@ -20,7 +20,8 @@ class PPO:
 
     def __init__(self, policy: ActorCritic, cfg: PPOConfig, total_iterations: int) -> None:
         self.policy, self.cfg = policy, cfg
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        # fused: one kernel per step for all parameters; measurably faster than the per-tensor loop on CPU.
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.total_iterations = max(1, total_iterations)
         self.iteration = 0
         self.beta = cfg.kl_beta_init

@@ -8,7 +8,8 @@ Fisher). Then ``F^-1 vec(V) = vec(G^-1 V A^-1)``, which costs two small matrix p
 
 Following ACKTR (Wu et al. 2017, section 3.1):
 
-- factors are running averages over updates (``stat_decay``), so a small batch still sees stable curvature;
+- factors are running averages over updates (decay ``min(1 - 1/k, stat_decay)`` at the k-th update, as in
+  Martens & Grosse 2015, section 5), so a small batch still sees stable curvature;
 - Tikhonov damping ``F + lambda I`` is applied exactly in the eigenbasis of the factors:
   ``(A (x) G + lambda I)^-1`` has eigenvalues ``1 / (d_G[i] d_A[j] + lambda)``;
 - the eigendecompositions are refreshed only every ``inverse_every`` steps, amortizing the cubic cost;
@@ -47,15 +48,16 @@ class _LayerState:
     module: nn.Linear
     A: torch.Tensor | None = None  # [in + 1, in + 1] (or [in, in] without bias)
     G: torch.Tensor | None = None  # [out, out]
-    eig_A: tuple[torch.Tensor, torch.Tensor] | None = None  # (eigenvalues [in+1], eigenvectors [in+1, in+1])
-    eig_G: tuple[torch.Tensor, torch.Tensor] | None = None
+    eig_a: tuple[torch.Tensor, torch.Tensor] | None = None  # (eigenvalues [in+1], eigenvectors [in+1, in+1])
+    eig_g: tuple[torch.Tensor, torch.Tensor] | None = None
     inputs: list[torch.Tensor] = field(default_factory=list)  # captured a, each [n, in] (detached)
     outputs: list[torch.Tensor] = field(default_factory=list)  # captured s, each [n, out] (in the graph)
 
 
-def _flatten_rows(x: torch.Tensor) -> torch.Tensor:
-    """[..., F] -> [n, F]: every leading index (time, batch) is one sample."""
-    return x.reshape(-1, x.shape[-1])
+def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Captured [..., F] tensors of one layer -> [n, F]: every leading index (time, batch) is one sample."""
+    flat = [x.reshape(-1, x.shape[-1]) for x in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
 
 
 class KFAC:
@@ -148,21 +150,32 @@ class KFAC:
         # One backward pass of the Fisher loss gives every layer's output gradient g (the quantity a
         # module backward hook would see as grad_output) without touching the parameters' .grad.
         grads = torch.autograd.grad(fisher_loss, outputs, retain_graph=True, allow_unused=True)
-        decay = self.stat_decay if self.factor_updates > 0 else 0.0
-        k = 0
+        # Martens & Grosse 2015, section 5: decay min(1 - 1/k, stat_decay) makes the first k updates a plain
+        # average, so the very first batch does not dominate the factors for ~1/(1 - stat_decay) updates.
+        k_updates = self.factor_updates + 1
+        decay = min(1.0 - 1.0 / k_updates, self.stat_decay)
+        offset = 0  # a layer called several times in the forward pass has several captured outputs
         for state in self.layers:
             n_calls = len(state.outputs)
-            g_list = grads[k : k + n_calls]
-            k += n_calls
+            g_list = grads[offset : offset + n_calls]
+            offset += n_calls
             if any(g is None for g in g_list):
                 raise RuntimeError(f"the Fisher loss does not depend on layer {state.module}")
-            a = torch.cat([_flatten_rows(x) for x in state.inputs])  # [n, in]
-            g = torch.cat([_flatten_rows(x) for x in g_list])  # [n, out]
-            if state.module.bias is not None:
-                a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)  # [n, in + 1]
+            a = _rows(state.inputs)  # [n, in]
+            g = _rows(g_list)  # [n, out]
             n = a.shape[0]
-            A_batch = a.T @ a / n
             G_batch = g.T @ g / n
+            if state.module.bias is None:
+                A_batch = a.T @ a / n
+            else:
+                # E[a_ a_^T] with a_ = [a, 1], assembled from blocks instead of copying a with a ones column:
+                # [[E[a a^T], E[a]], [E[a]^T, 1]].
+                A_batch = torch.empty(a.shape[1] + 1, a.shape[1] + 1, dtype=a.dtype)
+                A_batch[:-1, :-1] = a.T @ a / n
+                mean = a.mean(0)
+                A_batch[:-1, -1] = mean
+                A_batch[-1, :-1] = mean
+                A_batch[-1, -1] = 1.0
             if state.A is None or decay == 0.0:
                 state.A, state.G = A_batch, G_batch
             else:
@@ -177,8 +190,8 @@ class KFAC:
             # eigh of a symmetric PSD factor; tiny negative eigenvalues are round-off, clamp them to 0.
             d_A, Q_A = torch.linalg.eigh(state.A)
             d_G, Q_G = torch.linalg.eigh(state.G)
-            state.eig_A = (d_A.clamp_min(0.0), Q_A)
-            state.eig_G = (d_G.clamp_min(0.0), Q_G)
+            state.eig_a = (d_A.clamp_min(0.0), Q_A)
+            state.eig_g = (d_G.clamp_min(0.0), Q_G)
 
     # ---- the step ------------------------------------------------------------------------------------
     def zero_grad(self) -> None:
@@ -195,8 +208,8 @@ class KFAC:
         Returns:
             The natural gradient, same shape as ``grad``.
         """
-        d_A, Q_A = state.eig_A
-        d_G, Q_G = state.eig_G
+        d_A, Q_A = state.eig_a
+        d_G, Q_G = state.eig_g
         v = Q_G.T @ grad @ Q_A  # gradient in the Kronecker eigenbasis
         v = v / (d_G[:, None] * d_A[None, :] + self.damping)
         return Q_G @ v @ Q_A.T
@@ -213,7 +226,7 @@ class KFAC:
         """
         if self.factor_updates == 0:
             raise RuntimeError("K-FAC step() before any update_factors(): no curvature statistics yet")
-        if self.steps % self.inverse_every == 0 or self.layers[0].eig_A is None:
+        if self.steps % self.inverse_every == 0 or self.layers[0].eig_a is None:
             self._refresh_eigendecompositions()
         updates: list[tuple[nn.Parameter, torch.Tensor]] = []
         vFv = 0.0  # Delta^T F Delta = Delta . grad, since F Delta = grad under the same damped metric
@@ -250,8 +263,8 @@ class KFAC:
             "G": [s.G for s in self.layers],
             # The eigendecompositions too: a resumed run then preconditions exactly like an uninterrupted one
             # until the next scheduled refresh.
-            "eig_A": [s.eig_A for s in self.layers],
-            "eig_G": [s.eig_G for s in self.layers],
+            "eig_a": [s.eig_a for s in self.layers],
+            "eig_g": [s.eig_g for s in self.layers],
             "steps": self.steps,
             "factor_updates": self.factor_updates,
         }
@@ -261,5 +274,5 @@ class KFAC:
             raise ValueError(f"K-FAC state has {len(state['A'])} layers, this optimizer {len(self.layers)}")
         for i, layer in enumerate(self.layers):
             layer.A, layer.G = state["A"][i], state["G"][i]
-            layer.eig_A, layer.eig_G = state["eig_A"][i], state["eig_G"][i]
+            layer.eig_a, layer.eig_g = state["eig_a"][i], state["eig_g"][i]
         self.steps, self.factor_updates = state["steps"], state["factor_updates"]

@@ -56,6 +56,11 @@ POLICY_PARAMS: dict[str, tuple[Any, str]] = {
     ),
     "deadline_tolerance": (0.5, "lateness, as a fraction of the period, that counts as a deadline miss"),
     "diagnostics_period": (1.0, "period of /diagnostics messages, s"),
+    "stats_window": (
+        2000,
+        "control steps the period/latency percentiles on /diagnostics cover (the most recent ones); "
+        "the cost of a diagnostics message grows with it",
+    ),
     "intra_op_threads": (1, "onnxruntime intra-op threads"),
 }
 
@@ -83,6 +88,7 @@ class PolicyNodeConfig:
     max_rate: tuple[float, ...]
     deadline_tolerance: float
     diagnostics_period: float
+    stats_window: int
     intra_op_threads: int
 
     @classmethod
@@ -108,6 +114,7 @@ class PolicyNodeConfig:
             max_rate=p.numbers("max_rate"),
             deadline_tolerance=p.number("deadline_tolerance"),
             diagnostics_period=p.number("diagnostics_period", positive=True),
+            stats_window=p.integer("stats_window", minimum=1),
             intra_op_threads=p.integer("intra_op_threads", minimum=1),
         )
         if not cfg.model_path:

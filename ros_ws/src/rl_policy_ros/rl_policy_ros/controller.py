@@ -133,6 +133,7 @@ class PolicyController:
             :func:`check_compatibility`).
         safety: Safety limits and timings (see :class:`rl_policy_ros.safety.SafetyConfig`).
         deadline_tolerance: Lateness, as a fraction of the period, that counts as a deadline miss.
+        stats_window: Number of recent steps the loop statistics' percentiles cover.
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class PolicyController:
         robot: RobotSpec,
         safety: SafetyConfig,
         deadline_tolerance: float = 0.5,
+        stats_window: int = 2000,
     ) -> None:
         self.policy = policy
         self.interface = check_compatibility(policy, robot)
@@ -148,7 +150,7 @@ class PolicyController:
         self.builder = ObservationBuilder(iface)
         self.mapper = ActionMapper(iface)
         self.safety = SafetyLayer(safety)
-        self.stats = LoopStats(iface.policy_dt, deadline_tolerance=deadline_tolerance)
+        self.stats = LoopStats(iface.policy_dt, window=stats_window, deadline_tolerance=deadline_tolerance)
         self.robot_joint_names = robot.joint_names or iface.joint_names
         # Command array order -> interface order.
         self._to_robot = np.array([iface.joint_names.index(n) for n in self.robot_joint_names], dtype=np.intp)

@@ -100,7 +100,9 @@ class PolicyNode(LifecycleNode):
                 watchdog_timeout_s=cfg.watchdog_timeout,
                 safe_mode=cfg.safe_mode,
             )
-            self.controller = PolicyController(policy, robot, safety, cfg.deadline_tolerance)
+            self.controller = PolicyController(
+                policy, robot, safety, cfg.deadline_tolerance, stats_window=cfg.stats_window
+            )
             if self._estop_reason is not None:
                 self.controller.estop(self._estop_reason)
         except (ParameterError, PolicyError, IncompatibleModelError, SafetyConfigError) as exc:

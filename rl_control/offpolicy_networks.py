@@ -1,0 +1,197 @@
+"""Networks of the off-policy algorithms: an exportable actor and critic ensembles computed in one pass.
+
+- :class:`OffPolicyActor`: normalizer (inside the actor, so export carries it) + optional LSTM + MLP +
+  head. Kinds: ``squashed_gaussian`` (SAC, TQC: head = [mean, log_std], action = tanh(u)),
+  ``deterministic`` (TD3: head = pre-tanh action) and ``categorical`` (discrete SAC: head = logits).
+  It offers the same duck-typed inference surface as :class:`rl_control.networks.ActorCritic`
+  (``initial_state``, ``step``, ``deterministic_action``, ``normalizer``, ``lstms``, ``actor_body``,
+  ``policy_head``), so evaluation and ONNX export treat both alike. Continuous actions are produced in
+  the normalized box [-1, 1]^A (what critics and the replay buffer see) and mapped affinely to the env's
+  [low, high] by :meth:`OffPolicyActor.scale`.
+- :class:`EnsembleLinear` / :class:`CriticEnsemble`: E critics as batched matrix products with weights
+  [E, in, out] (``torch.baddbmm``), one call per layer for all critics instead of a Python loop.
+
+Recurrent state follows the project convention [L, 2, B, H] with L = 1 (the actor's own LSTM).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from rl_control.config import PolicyConfig
+from rl_control.networks import mlp
+from rl_control.normalizer import RunningNormalizer
+
+ActorKind = Literal["squashed_gaussian", "deterministic", "categorical"]
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the clamp of Haarnoja et al.'s reference implementation
+
+_ACT = {"tanh": torch.tanh, "elu": nn.functional.elu, "relu": torch.relu}
+
+
+class OffPolicyActor(nn.Module):
+    """Policy network of SAC / TD3 / TQC / discrete SAC.
+
+    Args:
+        obs_size: D.
+        action_size: A (continuous) or K (number of discrete actions).
+        cfg: network configuration (``kind``, ``hidden_sizes``, ``activation``, ``lstm_hidden``,
+            ``normalize_obs``; ``shared_trunk`` and ``init_log_std`` do not apply here).
+        kind: output kind (see the module docstring).
+        action_low, action_high: the env's action range [A] (continuous kinds).
+    """
+
+    def __init__(
+        self, obs_size: int, action_size: int, cfg: PolicyConfig, kind: ActorKind,
+        action_low: torch.Tensor | None = None, action_high: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.kind = cfg, kind
+        self.discrete = kind == "categorical"
+        self.obs_size, self.action_size = obs_size, action_size
+        low = torch.full((action_size,), -1.0) if action_low is None else torch.as_tensor(action_low).float()
+        high = torch.full((action_size,), 1.0) if action_high is None else torch.as_tensor(action_high).float()
+        if not self.discrete and not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError(f"off-policy actors squash into the action box; got unbounded low={low}, high={high}")
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        # Export reads this to emit low + (tanh(mean) + 1) / 2 (high - low) instead of a clipped mean.
+        self.deterministic_squash = "argmax" if self.discrete else "tanh"
+        self.normalizer = RunningNormalizer(obs_size) if cfg.normalize_obs else None
+        self.recurrent = cfg.kind == "lstm"
+        self.lstms = nn.ModuleList([nn.LSTM(obs_size, cfg.lstm_hidden)] if self.recurrent else [])
+        trunk_in = cfg.lstm_hidden if self.recurrent else obs_size
+        self.actor_body, body_out = mlp(trunk_in, cfg.hidden_sizes, cfg.activation)
+        out = 2 * action_size if kind == "squashed_gaussian" else action_size
+        self.policy_head = nn.Linear(body_out, out)
+
+    # ---- recurrent state (same convention as ActorCritic) ---------------------------------------------
+    @property
+    def state_shape_per_env(self) -> tuple[int, int, int] | None:
+        return (1, 2, self.cfg.lstm_hidden) if self.recurrent else None
+
+    def initial_state(self, batch: int) -> torch.Tensor | None:
+        return torch.zeros(1, 2, batch, self.cfg.lstm_hidden) if self.recurrent else None
+
+    # ---- forward passes ---------------------------------------------------------------------------
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(obs) if self.normalizer is not None else obs
+
+    def head(
+        self, x: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head output from normalized observations.
+
+        Args:
+            x: [B, D] (MLP) or [T, B, D] (LSTM, a sequence without internal resets).
+            state: [1, 2, B, H] before the first step (LSTM).
+
+        Returns:
+            (head output [..., 2A | A | K], state after the last step or None).
+        """
+        new_state = None
+        if self.recurrent:
+            h, c = state[0, 0].unsqueeze(0).contiguous(), state[0, 1].unsqueeze(0).contiguous()
+            x, (h, c) = self.lstms[0](x, (h, c))
+            new_state = torch.stack([h[0], c[0]]).unsqueeze(0)
+        return self.policy_head(self.actor_body(x)), new_state
+
+    def step(
+        self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, None, torch.Tensor | None]:
+        """One step for a batch of envs, raw obs [B, D]: (head output [B, .], None, new state).
+
+        The ``None`` keeps the (output, value, state) shape of ActorCritic.step; ``starts`` [B] zeroes the
+        state of envs that begin an episode.
+        """
+        x = self.normalize(obs)
+        if not self.recurrent:
+            return self.head(x)[0], None, None
+        if starts is not None:
+            state = state * (~starts).to(state.dtype).view(1, 1, -1, 1)
+        out, new_state = self.head(x.unsqueeze(0), state)
+        return out[0], None, new_state
+
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, clamped log_std) of a squashed-Gaussian head output, each [..., A]."""
+        mean, log_std = out.split(self.action_size, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def unit_action(self, out: torch.Tensor) -> torch.Tensor:
+        """The deterministic action in the normalized box: tanh(mean) or tanh(head), [..., A]."""
+        if self.kind == "squashed_gaussian":
+            return torch.tanh(out[..., : self.action_size])
+        return torch.tanh(out)
+
+    def scale(self, unit_action: torch.Tensor) -> torch.Tensor:
+        """Map [-1, 1]^A to the env's [low, high] (affine; exact at the bounds)."""
+        return self.action_low + (unit_action + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    def deterministic_action(self, out: torch.Tensor) -> torch.Tensor:
+        """The action a deployed policy takes, in env units: scaled tanh(mean), or the argmax index."""
+        if self.discrete:
+            return out.argmax(-1)
+        return self.scale(self.unit_action(out))
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied in one batched product: y_e = x_e W_e + b_e.
+
+    Weights are [E, in, out]; each member is initialized like ``nn.Linear`` (uniform in +-1/sqrt(in)).
+    """
+
+    def __init__(self, ensemble: int, in_size: int, out_size: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_size)
+        self.weight = nn.Parameter(torch.empty(ensemble, in_size, out_size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_size).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, detach_params: bool = False, members: slice | None = None) -> torch.Tensor:
+        """x: [E', B, in] or [B, in] (shared by all members) -> [E', B, out].
+
+        ``detach_params`` computes gradients for the input only (the actor's loss differentiates the critic
+        with respect to the action; skipping the weight gradients saves about a third of that backward pass).
+        ``members`` selects a subset (e.g. TD3's actor loss uses the first critic only).
+        """
+        w, b = self.weight, self.bias
+        if members is not None:
+            w, b = w[members], b[members]
+        if detach_params:
+            w, b = w.detach(), b.detach()
+        if x.dim() == 2:
+            return torch.matmul(x, w) + b  # [B, in] @ [E, in, out] broadcasts to [E, B, out]
+        return torch.baddbmm(b, x, w)
+
+
+class CriticEnsemble(nn.Module):
+    """E MLP critics evaluated together: input [B, in] -> output [E, B, out].
+
+    ``out`` is 1 for Q(s, a), K for per-action Q(s, .) of discrete SAC, M quantiles for TQC.
+    """
+
+    def __init__(self, in_size: int, out_size: int, hidden: tuple[int, ...], ensemble: int, activation: str) -> None:
+        super().__init__()
+        sizes = (in_size, *hidden, out_size)
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.act = _ACT[activation]
+        self.ensemble, self.out_size = ensemble, out_size
+
+    def forward(self, x: torch.Tensor, detach_params: bool = False, members: slice | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, detach_params, members)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+def target_copy(module: nn.Module) -> nn.Module:
+    """A frozen deep copy used as a target network (no gradients, updated by polyak averaging)."""
+    import copy
+
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target

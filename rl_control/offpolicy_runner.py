@@ -1,0 +1,266 @@
+"""The off-policy runner: collection into a replay buffer, updates at a set update-to-data ratio.
+
+Same public surface as :class:`rl_control.runner.Runner`: ``OffPolicyRunner(cfg, run_dir).train()``,
+``OffPolicyRunner.resume(run_dir).train()``, ``save()``; ``rlctl train`` picks it through
+:func:`rl_control.runner.make_runner` when ``algo.name`` is sac, td3 or tqc.
+
+Loop, one vector step at a time (N envs):
+1. act: uniform random actions for the first ``warmup_steps`` env steps, then the algorithm's exploration
+   policy (recurrent actors carry their state per env and zero it at episode starts);
+2. step the vector env and store the transition (terminated and truncated apart, the real final
+   observation of truncated episodes) in the replay buffer; update the observation normalizer;
+3. after the warm-up, run ``utd_ratio * N`` gradient updates (fractional ratios carry over) on batches
+   sampled uniformly (sequences of one episode for recurrent SAC).
+
+An iteration is ``iteration_steps`` env steps (rounded up to whole vector steps): one metrics record;
+``runner.eval_every`` and ``runner.checkpoint_every`` count iterations. Checkpoints hold weights, target
+networks, optimizer, temperature, normalizer, RNG states and counters after any whole vector step. Ctrl-C or
+SIGTERM asks the loop to stop after the current vector step and its updates (tens of milliseconds): it
+saves there and returns ``interrupted``; a second signal interrupts at once (the last checkpoint stays). The replay buffer is written only with
+``algo.save_replay`` (to ``checkpoints/replay.pt``; 1M HalfCheetah transitions are ~93 MiB); without it a
+resumed run refills the buffer with its current policy before updating again.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from collections import deque
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl_control.algorithms import make_offpolicy_algorithm
+from rl_control.algorithms.offpolicy_base import SpaceSpec
+from rl_control.checkpoint import load_checkpoint, save_checkpoint
+from rl_control.config import RunConfig, load_config
+from rl_control.metrics import MetricsLogger
+from rl_control.offpolicy_networks import OffPolicyActor
+from rl_control.replay import ReplayBuffer
+from rl_control.runner import (
+    CHECKPOINT_NAME,
+    TrainResult,
+    evaluate_policy,
+    make_progress,
+    record_episodes,
+    seed_everything,
+)
+
+REPLAY_NAME = "checkpoints/replay.pt"
+
+
+def build_actor(cfg: RunConfig, obs_space: gym.Space, act_space: gym.Space) -> OffPolicyActor:
+    """The (untrained) actor of an off-policy run, as stored under ``policy`` in its checkpoints."""
+    spec = SpaceSpec.from_spaces(obs_space, act_space)
+    if cfg.algo.name == "td3":
+        kind = "deterministic"
+    else:
+        kind = "categorical" if spec.discrete else "squashed_gaussian"
+    return OffPolicyActor(spec.obs_size, spec.action_size, cfg.policy, kind, spec.action_low, spec.action_high)
+
+
+class OffPolicyRunner:
+    """Drives SAC / TD3 / TQC / recurrent SAC. See the module docstring."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, show_progress: bool = True) -> None:
+        from sim.vector import make_vector_env  # imported here: spawning workers is the runner's job
+
+        self.cfg, self.run_dir, self.show_progress = cfg, Path(run_dir), show_progress
+        torch.set_num_threads(cfg.runner.torch_threads)
+        seed_everything(cfg.seed)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.venv = make_vector_env(
+            cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
+        )
+        spec = SpaceSpec.from_spaces(self.venv.single_observation_space, self.venv.single_action_space)
+        a, N = cfg.algo, cfg.env.num_envs
+        self.algo = make_offpolicy_algorithm(spec, cfg.policy, a)
+        self.policy = self.algo.actor
+        self.replay = ReplayBuffer(a.buffer_size, N, spec.obs_size, () if spec.discrete else (spec.action_size,),
+                                   a.gamma, a.n_step)
+        self.steps_per_iter = math.ceil(a.iteration_steps / N) * N
+        self.total_iterations = math.ceil(cfg.runner.total_steps / self.steps_per_iter)
+        self.total_steps = self.total_iterations * self.steps_per_iter
+        self.iteration, self.global_step, self.update_debt = 0, 0, 0.0
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.torch_gen = torch.Generator().manual_seed(cfg.seed)
+        self.last_eval: dict | None = None
+        self._resumed_step: int | None = None
+        self._stop_requested = False
+
+    def _request_stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, show_progress: bool = True) -> OffPolicyRunner:
+        run_dir = Path(run_dir)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        runner = cls(load_config(run_dir / "config.yaml"), run_dir, show_progress)
+        runner._restore(ckpt)
+        return runner
+
+    def _restore(self, ckpt: dict) -> None:
+        self.algo.load_state_dict(ckpt["algo"])
+        self.iteration, self.global_step = ckpt["iteration"], ckpt["global_step"]
+        self.update_debt = ckpt["update_debt"]
+        self.np_rng.bit_generator.state = ckpt["np_rng"]
+        self.torch_gen.set_state(ckpt["torch_gen"])
+        torch.set_rng_state(ckpt["torch_global"])
+        random.setstate(ckpt["py_random"])
+        self.last_eval = ckpt.get("last_eval")
+        replay_path = self.run_dir / REPLAY_NAME
+        if self.cfg.algo.save_replay and replay_path.is_file():
+            saved = load_checkpoint(replay_path)
+            # A replay file newer than the checkpoint (killed between the two writes) is not used.
+            if saved["global_step"] == self.global_step:
+                self.replay.load_state_dict(saved["replay"])
+        self._resumed_step = self.global_step
+
+    def checkpoint_payload(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "algo": self.algo.state_dict(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "update_debt": self.update_debt,
+            "np_rng": self.np_rng.bit_generator.state,
+            "torch_gen": self.torch_gen.get_state(),
+            "torch_global": torch.get_rng_state(),
+            "py_random": random.getstate(),
+            "last_eval": self.last_eval,
+            "config": self.cfg.model_dump(mode="json"),
+            "config_hash": self.cfg.digest(),
+        }
+
+    def save(self) -> Path:
+        if self.cfg.algo.save_replay:
+            save_checkpoint(self.run_dir / REPLAY_NAME,
+                            {"global_step": self.global_step, "replay": self.replay.state_dict()})
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.checkpoint_payload())
+        return path
+
+    def evaluate_now(self, episodes: int | None = None) -> dict:
+        return evaluate_policy(self.policy, self.cfg, episodes)
+
+    # ---- one vector step ---------------------------------------------------------------------------------
+    def _act(self, obs: np.ndarray, state: torch.Tensor | None, starts: torch.Tensor):
+        obs_t = torch.from_numpy(obs)
+        if self.global_step >= self.cfg.algo.warmup_steps:
+            return self.algo.explore(obs_t, state, starts, self.torch_gen)
+        if state is not None:  # keep the LSTM state current so exploration starts from a real history
+            _, state = self.algo.explore(obs_t, state, starts, self.torch_gen)
+        return self.algo.random_actions(obs.shape[0], self.np_rng), state
+
+    def _learn(self, totals: dict[str, float], counts: dict[str, int]) -> int:
+        """Run the updates owed after this vector step; returns how many ran."""
+        a = self.cfg.algo
+        if self.global_step < a.warmup_steps or not self.replay.can_sample(a.batch_size):
+            return 0
+        self.update_debt += a.utd_ratio * self.cfg.env.num_envs
+        n = int(self.update_debt)
+        self.update_debt -= n
+        for _ in range(n):
+            if self.algo.uses_sequences:
+                batch = self.replay.sample_sequences(a.sequences_per_batch, a.burn_in + a.sequence_length,
+                                                     a.burn_in, self.np_rng)
+            else:
+                batch = self.replay.sample(a.batch_size, self.np_rng)
+            for k, v in self.algo.update(batch).items():
+                totals[k] = totals.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        return n
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        cfg, N = self.cfg, self.cfg.env.num_envs
+        logger = MetricsLogger(self.run_dir, resume_step=self._resumed_step)
+        obs, _ = self.venv.reset(seed=cfg.seed + 7919 * (self.global_step // N))
+        self.replay.start(obs)
+        starts = torch.ones(N, dtype=torch.bool)
+        state = self.policy.initial_state(N)
+        episode_stats = {"return": deque(maxlen=50), "length": deque(maxlen=50), "success": deque(maxlen=50)}
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        term_sums: dict[str, float] = {}
+        t_collect = t_update = 0.0
+        n_updates = n_steps = 0
+        interrupted, final_eval, consistent = False, None, True
+        self._stop_requested = False
+        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with make_progress(self.show_progress) as progress:
+                bar = progress.add_task("train", total=self.total_steps, completed=self.global_step, status="")
+                while self.global_step < self.total_steps:
+                    consistent = False  # weights, buffer and counters disagree until the step is booked
+                    t0 = time.perf_counter()
+                    actions, state = self._act(obs, state, starts)
+                    next_obs, reward, terminated, truncated, info = self.venv.step(self.algo.env_actions(actions))
+                    self.replay.add(actions.numpy(), reward * cfg.algo.reward_scale, terminated, truncated, next_obs,
+                                    info.get("final_obs"))
+                    if self.policy.normalizer is not None:
+                        self.policy.normalizer.update(torch.from_numpy(obs))
+                    done = terminated | truncated
+                    record_episodes(info, done, episode_stats)
+                    for name, values in info.get("reward_terms", {}).items():
+                        term_sums[name] = term_sums.get(name, 0.0) + float(np.mean(values))
+                    starts = torch.from_numpy(done)
+                    obs = next_obs
+                    self.global_step += N
+                    n_steps += 1
+                    t1 = time.perf_counter()
+                    n_updates += self._learn(totals, counts)
+                    t2 = time.perf_counter()
+                    consistent = True
+                    t_collect, t_update = t_collect + t1 - t0, t_update + t2 - t1
+                    if self._stop_requested:
+                        raise KeyboardInterrupt
+                    if self.show_progress and n_steps % 20 == 0:
+                        progress.update(bar, completed=self.global_step)
+                    if self.global_step % self.steps_per_iter:
+                        continue
+                    # ---- end of an iteration: metrics, evaluation, checkpoint
+                    self.iteration += 1
+                    elapsed = max(t_collect + t_update, 1e-9)
+                    record = {"iteration": self.iteration, "time/collect_s": t_collect, "time/update_s": t_update,
+                              "steps_per_s": n_steps * N / elapsed, "updates": n_updates,
+                              "updates_per_s": n_updates / max(t_update, 1e-9), "replay/size": len(self.replay),
+                              **{k: totals[k] / counts[k] for k in totals},
+                              **{f"reward_terms/{k}": v / max(n_steps, 1) for k, v in term_sums.items()}}
+                    if episode_stats["return"]:
+                        record["episode/return"] = float(np.mean(episode_stats["return"]))
+                        record["episode/length"] = float(np.mean(episode_stats["length"]))
+                    if episode_stats["success"]:
+                        record["episode/success"] = float(np.mean(episode_stats["success"]))
+                    last = self.global_step >= self.total_steps
+                    if self.iteration % cfg.runner.eval_every == 0 or last:
+                        final_eval = self.evaluate_now()
+                        self.last_eval = final_eval
+                        record.update({f"eval/{k}": v for k, v in final_eval.items() if k != "returns"})
+                    logger.log(self.global_step, record)
+                    if self.iteration % cfg.runner.checkpoint_every == 0 or last:
+                        self.save()
+                    ret = record.get("episode/return", float("nan"))
+                    progress.update(bar, completed=self.global_step, status=f"return {ret:8.1f}  "
+                                    f"{record['steps_per_s']:6.0f} steps/s  {record['updates_per_s']:5.0f} updates/s")
+                    totals, counts, term_sums = {}, {}, {}
+                    t_collect = t_update = 0.0
+                    n_updates = n_steps = 0
+        except KeyboardInterrupt:
+            # Any whole vector step is a consistent resume point; mid-update, the last checkpoint is.
+            interrupted = True
+            if consistent:
+                self.save()
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            logger.close()
+            self.venv.close()
+        return TrainResult(self.run_dir, self.global_step, final_eval, interrupted)

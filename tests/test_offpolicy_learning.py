@@ -1,0 +1,181 @@
+"""Off-policy runner, checkpoints, export and learning checks (SAC, TD3, TQC, discrete and recurrent SAC)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deploy.export import ExportInfo, export_policy
+from deploy.runtime import OnnxPolicy
+from rl_control.config import load_config
+from rl_control.evaluation import TorchPolicy
+from rl_control.metrics import read_metrics
+from rl_control.offpolicy_runner import REPLAY_NAME, OffPolicyRunner
+from rl_control.runner import Runner, load_trained_policy, make_runner, resume_runner
+from rl_control.replay import TRANSITION
+from sim.tasks import make_env
+
+WORKERS = min(2, os.cpu_count() or 1)
+TINY = ["env.num_envs=2", "env.workers=0", "policy.hidden_sizes=[32, 32]", "policy.activation=relu",
+        "algo.warmup_steps=100", "algo.iteration_steps=100", "algo.batch_size=64", "runner.eval_episodes=1"]
+
+
+def _train(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[OffPolicyRunner, object]:
+    cfg = load_config(None, overrides)
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    runner = make_runner(cfg, run_dir, show_progress=False)
+    assert isinstance(runner, OffPolicyRunner)
+    return runner, runner.train()
+
+
+# ---- fast checks --------------------------------------------------------------------------------------------
+def test_make_runner_dispatches_on_the_algorithm_and_ppo_stays_the_default(tmp_path):
+    cfg = load_config(None, ["algo.lr=1e-3", "env.num_envs=1"])
+    assert cfg.algo.name == "ppo"
+    runner = make_runner(cfg, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, show_progress=False)
+    assert type(runner) is Runner
+    runner.venv.close()
+    for name in ("sac", "td3", "tqc"):
+        (tmp_path / name).mkdir()
+        r = make_runner(load_config(None, [f"algo.name={name}", "env.num_envs=1"]), tmp_path / name, False)
+        assert type(r) is OffPolicyRunner and r.algo.__class__.__name__ == name.upper()
+        r.venv.close()
+
+
+@pytest.mark.parametrize(("algo", "task", "extra"), [
+    ("sac", "pendulum_swingup", []),
+    ("td3", "pendulum_swingup", []),
+    ("tqc", "pendulum_swingup", ["algo.n_critics=3", "algo.n_quantiles=5", "algo.top_quantiles_to_drop=1"]),
+    ("sac", "CartPole-v1", ["env.randomization.enabled=false"]),  # discrete SAC
+    ("sac", "pendulum_swingup_novel", ["policy.kind=lstm", "policy.lstm_hidden=16", "algo.burn_in=4",
+                                       "algo.sequence_length=8", "algo.sequences_per_batch=8"]),  # recurrent
+])
+def test_every_variant_runs_logs_and_round_trips_through_its_checkpoint(tmp_path, algo, task, extra):
+    runner, result = _train(tmp_path, [f"algo.name={algo}", f"env.task={task}", "runner.total_steps=400",
+                                       "algo.n_step=2", *TINY, *extra])
+    assert result.global_step == 400 and not result.interrupted
+    records = read_metrics(runner.run_dir)
+    assert [r["step"] for r in records] == [100, 200, 300, 400]
+    # 100 warm-up steps with random actions; learning starts after the last of them, then utd 1.
+    assert [r["updates"] for r in records] == [2, 100, 100, 100]
+    assert np.isfinite(records[-1]["loss/critic"]) and "eval/mean_return" in records[-1]
+    resumed = resume_runner(runner.run_dir, show_progress=False)
+    for a, b in zip(runner.algo.state_dict()["critic_target"].values(),
+                    resumed.algo.state_dict()["critic_target"].values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert resumed.global_step == 400 and resumed.np_rng.random() == runner.np_rng.random()
+    resumed.venv.close()
+    cfg, actor, ckpt = load_trained_policy(runner.run_dir)
+    assert ckpt["config_hash"] == cfg.digest()
+    env = make_env(task)
+    obs, _ = env.reset(seed=0)
+    action = TorchPolicy(actor).act(obs)
+    assert env.action_space.contains(action.astype(env.action_space.dtype))
+    env.close()
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    overrides = ["algo.name=sac", "env.task=pendulum_swingup", "runner.total_steps=300", *TINY]
+    a, _ = _train(tmp_path, overrides, "a")
+    b, _ = _train(tmp_path, overrides, "b")
+    for x, y in zip(a.algo.actor.state_dict().values(), b.algo.actor.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_replay_is_checkpointed_only_when_asked_and_restored(tmp_path):
+    base = ["algo.name=sac", "env.task=pendulum_swingup", "runner.total_steps=300", *TINY]
+    runner, _ = _train(tmp_path, base, "plain")
+    assert not (runner.run_dir / REPLAY_NAME).exists()
+    runner, _ = _train(tmp_path, [*base, "algo.save_replay=true"], "with_replay")
+    assert (runner.run_dir / REPLAY_NAME).is_file()
+    resumed = OffPolicyRunner.resume(runner.run_dir, show_progress=False)
+    assert resumed.replay.added == runner.replay.added == 300
+    np.testing.assert_array_equal(resumed.replay.obs, runner.replay.obs)
+    assert len(resumed.replay) == len(runner.replay)
+    resumed.venv.close()
+    # A fresh episode start cuts the in-flight ones: their last transition is truncated, bootstrapping from
+    # the observation that was at the head.
+    resumed.replay.start(np.zeros((2, resumed.replay.obs_size), np.float32))
+    prev = (runner.replay.head - 1) % runner.replay.rows
+    assert (resumed.replay.flags[prev, [0, 1]] & TRANSITION).all()
+    assert (resumed.replay.head == (runner.replay.head + 1) % runner.replay.rows).all()
+
+
+def test_sigterm_saves_at_a_whole_step_and_resume_continues_without_gap(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "env: {task: pendulum_swingup, num_envs: 2, workers: 0}\n"
+        "policy: {hidden_sizes: [32, 32], activation: relu}\n"
+        "algo: {name: sac, warmup_steps: 200, iteration_steps: 100, batch_size: 64}\n"
+        "runner: {total_steps: 3000, checkpoint_every: 1000, eval_every: 1000, eval_episodes: 1}\n"
+    )
+    cmd = [sys.executable, "-m", "rl_control.cli", "train", str(config), "--runs", str(tmp_path), "--name", "r"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "r"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_metrics(run_dir)) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    ckpt = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)
+    stopped = ckpt["global_step"]
+    assert 500 <= stopped < 3000 and stopped % 2 == 0
+    resumed = subprocess.run([sys.executable, "-m", "rl_control.cli", "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in read_metrics(run_dir)] == [100 * k for k in range(1, 31)]  # no gap, no repeat
+
+
+def test_sac_policy_exports_through_the_parity_gate(tmp_path):
+    runner, _ = _train(tmp_path, ["algo.name=sac", "env.task=pendulum_swingup", "runner.total_steps=300", *TINY])
+    cfg, actor, ckpt = load_trained_policy(runner.run_dir)
+    with torch.no_grad():  # make the squashing matter: means far outside [-1, 1] before tanh
+        actor.policy_head.weight.mul_(30.0)
+    env = make_env(cfg.env.task)
+    out = tmp_path / "sac.onnx"
+    info = ExportInfo(algorithm="sac", task=cfg.env.task, config_hash=cfg.digest(), train_steps=300, train_return=0.0)
+    stats = export_policy(actor, env.unwrapped.interface, info, out, randomization=cfg.env.randomization)
+    assert stats["parity_steps"] >= 1000 and stats["parity_max_abs_diff"] <= 1e-5
+    model = onnx.load(out)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["algorithm"] == "sac" and meta["action_kind"] == "continuous" and meta["recurrent"] == "none"
+    assert [o.name for o in model.graph.output] == ["action", "target"]
+    onnx_policy, torch_policy = OnnxPolicy(out), TorchPolicy(actor)
+    obs, _ = env.reset(seed=3)
+    saturated = 0
+    for _ in range(50):
+        a_onnx, a_torch = onnx_policy.act(obs), torch_policy.act(obs)
+        np.testing.assert_allclose(a_onnx, a_torch, atol=1e-5)
+        assert np.all(np.abs(a_torch) <= 1.0)  # tanh(mean) scaled into the box, never clipped beyond it
+        saturated += int(np.abs(a_torch[0]) > 0.99)
+        obs, *_ = env.step(a_torch)
+    assert saturated > 0
+    env.close()
+
+
+# ---- learning checks ---------------------------------------------------------------------------------------
+PENDULUM = ["seed=0", "env.task=Pendulum-v1", "env.randomization.enabled=false", "env.num_envs=1",
+            f"env.workers={0}", "policy.hidden_sizes=[64, 64]", "policy.activation=relu",
+            "algo.warmup_steps=1000", "algo.iteration_steps=2000", "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+            "runner.eval_every=100", "runner.eval_episodes=10"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algo", "extra"), [
+    ("sac", ["algo.alpha_lr=1e-3"]),
+    ("td3", []),
+    ("tqc", ["algo.alpha_lr=1e-3"]),
+])
+def test_reaches_minus_200_on_pendulum_within_20k_steps(tmp_path, algo, extra):
+    _, result = _train(tmp_path, [*PENDULUM, f"algo.name={algo}", "runner.total_steps=16000", *extra])
+    assert result.final_eval["mean_return"] >= -200, result.final_eval
