@@ -34,7 +34,11 @@ SUITES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suites", default="mlp,lstm", help="comma-separated: mlp (PPO), lstm (recurrent PPO)")
+    parser.add_argument(
+        "--suites",
+        default="mlp,lstm,acktr",
+        help="comma-separated: mlp (PPO), lstm (recurrent PPO), acktr (K-FAC vs Adam update time)",
+    )
     parser.add_argument("--steps", type=int, default=0, help="env steps per run (default: per suite)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per contender")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one contender and print JSON
@@ -170,7 +174,14 @@ def run(args: argparse.Namespace) -> dict:
     sb3 = common.peer_status("stable-baselines3", "stable_baselines3")
     contrib = common.peer_status("sb3-contrib", "sb3_contrib")
     results = {}
-    for suite in args.suites.split(","):
+    suites = args.suites.split(",")
+    acktr = None
+    if "acktr" in suites:
+        from rl_control.bench.acktr import run_acktr_overhead
+
+        acktr = run_acktr_overhead(quick=args.quick)
+        suites.remove("acktr")
+    for suite in suites:
         env_id, recurrent, default_steps = SUITES[suite]
         steps = 4096 if args.quick else (args.steps or default_steps)
         peer = contrib if recurrent else sb3
@@ -202,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
     common.print_table("bench train: PPO vs SB3 (env-steps/s incl. updates, 1 torch thread)",
                        ["suite", "env", "contender", "steps/s", "eval return", "x SB3", "note"], rows)
     return common.finish_report(report, [sb3, contrib], threads={"torch": 1, "OMP_NUM_THREADS": "1"},
-                                hyperparameters=HPARAMS, results=results)
+                                hyperparameters=HPARAMS, results=results, acktr_overhead=acktr)
 
 
 if __name__ == "__main__":
