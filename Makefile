@@ -27,6 +27,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check sim rl_control deploy tests $(ROS_PKG)
+	$(VENV)/bin/hadolint Dockerfile
 
 # Benchmark peers (EnvPool) live only in .venv-bench: the lock file + requirements-bench.txt, and the
 # project itself editable without dependencies. Run benchmarks with .venv-bench/bin/rlctl bench ...

@@ -17,7 +17,9 @@ BENCHMARKS = {
     "sim": "rl_control.bench.sim",
     "infer": "rl_control.bench.infer",
     "train": "rl_control.bench.train",
+    "train-offpolicy": "rl_control.bench.train_offpolicy",
     "ros": "rl_control.bench.ros",
+    "scale": "rl_control.bench.scale",
 }
 
 

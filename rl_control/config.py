@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from sim.randomization import RandomizationConfig
 
@@ -206,12 +206,59 @@ class RunnerConfig(_Frozen):
     device: Literal["cpu"] = Field("cpu", description="training device")
 
 
+class DistributedConfig(_Frozen):
+    """Where rollouts are collected (issue 8): in the learner's process, or by Ray actors on a cluster.
+
+    With ``backend: ray`` each of ``workers`` actors owns a vector env with a contiguous slice of the
+    ``env.num_envs`` envs and a copy of the policy; weights go out once per iteration and rollouts come back
+    to the learner, which computes advantages and updates as in the local case. On-policy algorithms only.
+    ``env.workers`` applies to the local backend; a Ray worker starts ``env_workers`` simulation processes.
+    """
+
+    backend: Literal["local", "ray"] = Field("local", description="local: in-process vector env; ray: Ray actors")
+    address: str | None = Field(
+        None, description="Ray cluster ('HOST:PORT', 'auto', 'ray://HOST:PORT'); None starts a private local one"
+    )
+    node_ip_address: str | None = Field(
+        None, description="this learner's IP as the cluster knows it (else Ray picks the external address)"
+    )
+    workers: int = Field(2, ge=1, description="rollout workers (Ray actors); env.num_envs is split among them")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker reserves in Ray's scheduler")
+    env_workers: int = Field(
+        0, ge=0, description="simulation processes inside each worker (0: the worker steps its envs itself)"
+    )
+    placement: Literal["spread", "default"] = Field(
+        "spread", description="spread: workers over as many nodes as possible; default: Ray's packing"
+    )
+    worker_timeout_s: float = Field(300.0, gt=0, description="a worker silent this long is treated as lost")
+    max_replacements: int = Field(
+        8, ge=0, description="lost workers replaced per iteration before training stops with an error"
+    )
+
+
 class RunConfig(_Frozen):
     seed: int = Field(0, description="seed of everything")
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     algo: AlgoConfig = Field(default_factory=PPOConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="after")
+    def _check_distributed(self) -> RunConfig:
+        """Cross-section checks of the Ray backend (raise; never adjust silently)."""
+        d = self.distributed
+        if d.backend == "ray":
+            if isinstance(self.algo, _OffPolicyConfig):
+                raise ValueError(
+                    f"distributed.backend=ray supports on-policy algorithms only, not algo.name={self.algo.name!r}"
+                )
+            if d.workers > self.env.num_envs:
+                raise ValueError(
+                    f"distributed.workers={d.workers} exceeds env.num_envs={self.env.num_envs}: "
+                    "every worker needs at least one env"
+                )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)

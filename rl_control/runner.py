@@ -114,9 +114,16 @@ class Runner:
         torch.set_num_threads(cfg.runner.torch_threads)
         self._seed_everything(cfg.seed)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        self.venv = make_vector_env(
-            cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
-        )
+        if cfg.distributed.backend == "ray":
+            from rl_control.distributed import RayRolloutCollector
+
+            # Ray actors stand in for the vector env (spaces, reset, close) and collect through
+            # ``collect``, which has the signature of ``_collect`` (issue 8).
+            self.venv = RayRolloutCollector(cfg, events_path=self.run_dir / "distributed_events.jsonl")
+        else:
+            self.venv = make_vector_env(
+                cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
+            )
         self.policy = build_policy(cfg, self.venv.single_observation_space, self.venv.single_action_space)
         a = cfg.algo
         self.steps_per_iter = a.rollout_steps * cfg.env.num_envs
@@ -127,6 +134,10 @@ class Runner:
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)
         self.last_eval: dict | None = None
         self.reward_scaler = RewardScaler(cfg.env.num_envs, a.gamma) if a.normalize_rewards else None
+        self.collect = self._collect
+        if cfg.distributed.backend == "ray":
+            self.venv.attach(self.policy, self.reward_scaler)
+            self.collect = self.venv.collect
         self._resumed_step: int | None = None
 
     # ---- construction helpers --------------------------------------------------------------------
@@ -240,7 +251,7 @@ class Runner:
                 while self.iteration < self.total_iterations:
                     consistent = False  # weights and counters disagree until the iteration is booked
                     t0 = time.perf_counter()
-                    obs, starts, state, term_means = self._collect(buffer, obs, starts, state, episode_stats)
+                    obs, starts, state, term_means = self.collect(buffer, obs, starts, state, episode_stats)
                     t1 = time.perf_counter()
                     stats = self.algo.update(buffer, self.np_rng)
                     if self.policy.normalizer is not None:

@@ -1,0 +1,190 @@
+"""Ray backend (issue 8): PPO on a real two-node Ray cluster on loopback; a killed worker is replaced.
+
+The cluster is two ``ray start`` nodes on one machine, each on its own loopback address (head 127.0.0.2,
+worker 127.0.0.3), so Ray's node-to-node paths (object transfer between raylets, scheduling over nodes) are
+exercised without a network. Every process of the test, the two ``ray start`` and the learner
+(``rlctl train``), gets the same ``RAY_AUTH_MODE=token`` and a fresh ``RAY_AUTH_TOKEN``: Ray refuses
+connections between processes that disagree, and no token file is written to the home folder.
+
+Cleanup never uses ``ray stop``, which ends every Ray process on the machine by name (other people's
+clusters too). Each ``ray start`` runs in a session of its own; the processes it leaves behind (GCS, raylet,
+agents, workers) keep that session id and carry a marker variable in their environment, and the teardown
+ends exactly those processes by pid and checks that none is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.distributed
+
+BIN = Path(sys.executable).parent
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+MARKER = "SIMREAL_RAY_TEST_CLUSTER"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _processes() -> Iterator[tuple[int, int, str]]:
+    """(pid, session id, state) of every process (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        yield int(entry.name), int(fields[3]), fields[0]
+
+
+def _has_marker(pid: int, value: str) -> bool:
+    try:
+        return f"{MARKER}={value}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+@dataclass
+class Cluster:
+    address: str
+    env: dict[str, str]
+    sessions: list[int]
+    marker: str
+
+    def pids(self) -> list[int]:
+        """Live processes of this cluster: in a ``ray start`` session or carrying this cluster's marker."""
+        me = os.getpid()
+        return [
+            pid for pid, sid, state in _processes()
+            if pid != me and state != "Z" and (sid in self.sessions or _has_marker(pid, self.marker))
+        ]
+
+    def stop(self, grace_s: float = 3.0) -> list[int]:
+        """SIGTERM every process of the cluster, SIGKILL what is left after ``grace_s``; the survivors."""
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return self.pids()
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[Cluster]:
+    """A head node on 127.0.0.2 and a worker node on 127.0.0.3, 2 logical CPUs each."""
+    ray_cli = BIN / "ray"
+    if not ray_cli.exists():
+        pytest.fail("the `ray` CLI is missing: install the `ray` extra (it is in requirements.lock)")
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    marker = secrets.token_hex(8)
+    env = {
+        **os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), MARKER: marker,
+        "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+    }
+    port = _free_port(HEAD_IP)
+    cluster = Cluster(f"{HEAD_IP}:{port}", env, [], marker)
+
+    def start(*args: str) -> None:
+        proc = subprocess.Popen(
+            [str(ray_cli), "start", "--disable-usage-stats", "--num-cpus=2", f"--temp-dir={temp_dir}", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        cluster.sessions.append(proc.pid)  # session leader: its pid is the session id of what it starts
+        out, _ = proc.communicate(timeout=90)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{out[-3000:]}")
+
+    try:
+        start(
+            "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--include-dashboard=false",
+            f"--dashboard-port={_free_port(HEAD_IP)}", f"--ray-client-server-port={_free_port(HEAD_IP)}",
+            f"--dashboard-agent-listen-port={_free_port(HEAD_IP)}",
+        )
+        start(
+            f"--address={cluster.address}", f"--node-ip-address={WORKER_IP}",
+            f"--dashboard-agent-listen-port={_free_port(WORKER_IP)}",
+        )
+        yield cluster
+    finally:
+        survivors = cluster.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not survivors, f"Ray processes left behind: {survivors}"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_ppo_on_two_node_cluster_survives_a_killed_worker(ray_cluster: Cluster, tmp_path: Path) -> None:
+    iterations, num_envs, steps = 16, 4, 128
+    overrides = [
+        "seed=1", "env.task=pendulum_swingup", f"env.num_envs={num_envs}", f"algo.rollout_steps={steps}",
+        f"runner.total_steps={iterations * num_envs * steps}", "runner.eval_every=1000", "runner.eval_episodes=1",
+        "runner.checkpoint_every=1000",
+        "distributed.backend=ray", f"distributed.address={ray_cluster.address}",
+        f"distributed.node_ip_address={HEAD_IP}", "distributed.workers=2", "distributed.worker_timeout_s=60",
+    ]
+    args = [str(BIN / "rlctl"), "train", "--runs", str(tmp_path), "--name", "run"]
+    for o in overrides:
+        args += ["--set", o]
+    run_dir = tmp_path / "run"
+    log_path = tmp_path / "train.log"
+    with log_path.open("w") as log:
+        trainer = subprocess.Popen(args, env=ray_cluster.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # Wait for two finished iterations, then kill the worker on the second node mid-run.
+            deadline = time.monotonic() + 90
+            while len(_read_jsonl(run_dir / "metrics.jsonl")) < 2:
+                assert trainer.poll() is None, f"training ended early:\n{log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no progress:\n{log_path.read_text()[-3000:]}"
+                time.sleep(0.05)
+            placed = [e for e in _read_jsonl(run_dir / "distributed_events.jsonl") if e["event"] == "placed"]
+            assert {e["node_ip"] for e in placed} == {HEAD_IP, WORKER_IP}, placed  # workers on both nodes
+            victim = next(e for e in placed if e["node_ip"] == WORKER_IP)
+            killed_at = len(_read_jsonl(run_dir / "metrics.jsonl"))
+            os.kill(victim["pid"], signal.SIGKILL)
+            trainer.wait(timeout=90)
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+                trainer.wait()
+    output = log_path.read_text()
+    assert trainer.returncode == 0, output[-3000:]
+    assert killed_at < iterations, "the worker was killed only after training had ended"
+
+    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == list(range(1, iterations + 1)), "an iteration is missing"
+    assert metrics[-1]["step"] == iterations * num_envs * steps
+    assert sum(m["distributed/replaced"] for m in metrics) >= 1
+    events = _read_jsonl(run_dir / "distributed_events.jsonl")
+    lost = [e for e in events if e["event"] == "lost"]
+    assert any(e["worker"] == victim["worker"] and e["pid"] == victim["pid"] for e in lost), events
+    replacement = [e for e in events if e["event"] == "placed" and e["worker"] == victim["worker"]
+                   and e["generation"] >= 1]
+    assert replacement and replacement[0]["pid"] != victim["pid"], events
+    assert all(m["steps_per_s"] > 0 for m in metrics)
