@@ -46,7 +46,12 @@ class RolloutBuffer:
     """
 
     def __init__(
-        self, T: int, N: int, obs_size: int, action_shape: tuple[int, ...], out_size: int,
+        self,
+        T: int,
+        N: int,
+        obs_size: int,
+        action_shape: tuple[int, ...],
+        out_size: int,
         state_shape: tuple[int, int, int] | None,
     ) -> None:
         self.T, self.N = T, N
@@ -66,8 +71,14 @@ class RolloutBuffer:
 
     def compute_returns(self, last_values: torch.Tensor, gamma: float, lam: float) -> None:
         self.advantages, self.returns = gae(
-            self.rewards, self.values, last_values, self.terminated, self.truncated,
-            self.final_values, gamma, lam,
+            self.rewards,
+            self.values,
+            last_values,
+            self.terminated,
+            self.truncated,
+            self.final_values,
+            gamma,
+            lam,
         )
 
     # ---- minibatches -------------------------------------------------------------------------------
@@ -82,7 +93,9 @@ class RolloutBuffer:
         order = torch.from_numpy(rng.permutation(total))
         flat = {k: getattr(self, k).reshape(total, *getattr(self, k).shape[2:]) for k in _FIELDS}
         for idx in torch.tensor_split(order, num_minibatches):
-            yield Minibatch(**{_FIELD_NAMES.get(k, k): v[idx] for k, v in flat.items()}, mask=torch.ones(len(idx)), state=None)
+            yield Minibatch(
+                **{_FIELD_NAMES.get(k, k): v[idx] for k, v in flat.items()}, mask=torch.ones(len(idx)), state=None
+            )
 
     def segments(self, bptt_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Start step, env index and length of every segment (cut at episode starts and every bptt_len)."""

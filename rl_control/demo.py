@@ -96,7 +96,11 @@ def stage_evaluate(onnx_path: Path, run_dir: Path, episodes: int) -> dict[str, d
 
     cfg = load_config(run_dir / "config.yaml")
     training = cfg.env.randomization
-    settings = {"nominal": OFF, "training randomization": training, "harder (2x wider, held out)": training.widened(2.0)}
+    settings = {
+        "nominal": OFF,
+        "training randomization": training,
+        "harder (2x wider, held out)": training.widened(2.0),
+    }
     _status(3, f"evaluating the ONNX policy in simulation ({episodes} episodes per setting)")
     policy = OnnxPolicy(onnx_path)
     results = {}

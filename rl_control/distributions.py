@@ -32,7 +32,9 @@ def gaussian_kl(
     return (log_std_q - log_std_p + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5).sum(-1)
 
 
-def gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def gaussian_sample(
+    mean: torch.Tensor, log_std: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
     return mean + noise * torch.exp(log_std)
 

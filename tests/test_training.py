@@ -58,10 +58,21 @@ def test_truncation_bootstraps_to_the_infinite_horizon_value(tmp_path):
     # SB3's timeout test: with reward 1 forever and only time-limit cuts, V must approach 1/(1-gamma).
     # Treating truncation as termination would pull V towards the finite-horizon average (about 9.4).
     env_id = _register_constant_env()
-    runner, _ = _train(tmp_path, [f"env.task={env_id}", "env.randomization.enabled=false", "env.num_envs=4",
-                                  "algo.gamma=0.9", "algo.rollout_steps=64", "algo.lr=3e-3",
-                                  "runner.total_steps=40000", "runner.eval_every=1000", "algo.normalize_advantages=true",
-                                  "policy.normalize_obs=false"])
+    runner, _ = _train(
+        tmp_path,
+        [
+            f"env.task={env_id}",
+            "env.randomization.enabled=false",
+            "env.num_envs=4",
+            "algo.gamma=0.9",
+            "algo.rollout_steps=64",
+            "algo.lr=3e-3",
+            "runner.total_steps=40000",
+            "runner.eval_every=1000",
+            "algo.normalize_advantages=true",
+            "policy.normalize_obs=false",
+        ],
+    )
     with torch.no_grad():
         value = runner.policy.value_only(torch.tensor([[0.5, -0.5]]), None).item()
     assert value == pytest.approx(10.0, rel=0.05)
@@ -86,8 +97,12 @@ def test_checkpoint_resume_continues_the_same_step_sequence(tmp_path):
     proc.wait()
     killed_at = len(read_metrics(run_dir))
     assert 6 <= killed_at < 30, "the run must be killed mid-way"
-    resumed = subprocess.run([sys.executable, "-m", "rl_control.cli", "train", "--resume", str(run_dir)],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rl_control.cli", "train", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     steps = [r["step"] for r in read_metrics(run_dir)]
     assert steps == [128 * k for k in range(1, 31)]  # no gap, no repeat
@@ -96,14 +111,21 @@ def test_checkpoint_resume_continues_the_same_step_sequence(tmp_path):
 
 
 def test_resume_restores_weights_optimizer_and_rng(tmp_path):
-    overrides = ["env.task=pendulum_swingup", "env.num_envs=2", "algo.rollout_steps=32", "runner.total_steps=128",
-                 "runner.eval_every=100"]
+    overrides = [
+        "env.task=pendulum_swingup",
+        "env.num_envs=2",
+        "algo.rollout_steps=32",
+        "runner.total_steps=128",
+        "runner.eval_every=100",
+    ]
     runner, _ = _train(tmp_path, overrides)
     resumed = Runner.resume(runner.run_dir, show_progress=False)
     for a, b in zip(runner.policy.state_dict().values(), resumed.policy.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     assert resumed.global_step == runner.global_step == 128
-    assert resumed.algo.state_dict()["optimizer"]["state"].keys() == runner.algo.state_dict()["optimizer"]["state"].keys()
+    assert (
+        resumed.algo.state_dict()["optimizer"]["state"].keys() == runner.algo.state_dict()["optimizer"]["state"].keys()
+    )
     assert resumed.np_rng.random() == runner.np_rng.random()
     resumed.venv.close()
     cfg, policy, ckpt = load_trained_policy(runner.run_dir)
@@ -112,8 +134,17 @@ def test_resume_restores_weights_optimizer_and_rng(tmp_path):
 
 
 def test_metrics_log_reward_terms_and_tensorboard(tmp_path):
-    runner, _ = _train(tmp_path, ["env.task=pendulum_swingup", "env.num_envs=2", "algo.rollout_steps=128",
-                                  "runner.total_steps=512", "runner.eval_every=2", "runner.eval_episodes=1"])
+    runner, _ = _train(
+        tmp_path,
+        [
+            "env.task=pendulum_swingup",
+            "env.num_envs=2",
+            "algo.rollout_steps=128",
+            "runner.total_steps=512",
+            "runner.eval_every=2",
+            "runner.eval_episodes=1",
+        ],
+    )
     records = read_metrics(runner.run_dir)
     assert len(records) == 2
     for name in ("upright", "velocity", "effort"):
@@ -125,9 +156,19 @@ def test_metrics_log_reward_terms_and_tensorboard(tmp_path):
 
 @pytest.mark.slow
 def test_ppo_solves_inverted_pendulum(tmp_path):
-    _, result = _train(tmp_path, ["env.task=InvertedPendulum-v5", "env.randomization.enabled=false",
-                                  "env.num_envs=4", "algo.rollout_steps=512", "algo.lr=1e-3",
-                                  "runner.total_steps=40960", "runner.eval_every=100", "runner.eval_episodes=5"])
+    _, result = _train(
+        tmp_path,
+        [
+            "env.task=InvertedPendulum-v5",
+            "env.randomization.enabled=false",
+            "env.num_envs=4",
+            "algo.rollout_steps=512",
+            "algo.lr=1e-3",
+            "runner.total_steps=40960",
+            "runner.eval_every=100",
+            "runner.eval_episodes=5",
+        ],
+    )
     assert result.final_eval["mean_return"] >= 950
 
 
@@ -135,11 +176,24 @@ def test_ppo_solves_inverted_pendulum(tmp_path):
 def test_lstm_ppo_solves_no_velocity_swingup_where_mlp_does_not(tmp_path):
     # The demo's settings (configs/demo_pendulum_swingup.yaml) on a shorter budget, nominal dynamics.
     # Measured here (seed 1, 229k steps): LSTM return -284, success 1.0; MLP return -1318, success 0.0.
-    common = ["env.task=pendulum_swingup_novel", "env.randomization.enabled=false", "env.num_envs=16",
-              f"env.workers={min(2, os.cpu_count() or 1)}", "algo.rollout_steps=128", "algo.lr=1e-3",
-              "algo.gamma=0.95", "algo.bptt_len=16", "algo.normalize_rewards=true", "algo.kl_early_stop=0.03",
-              "policy.hidden_sizes=[64, 64]", "policy.activation=elu", "runner.total_steps=229376",
-              "runner.eval_every=1000", "runner.eval_episodes=16", "seed=1"]
+    common = [
+        "env.task=pendulum_swingup_novel",
+        "env.randomization.enabled=false",
+        "env.num_envs=16",
+        f"env.workers={min(2, os.cpu_count() or 1)}",
+        "algo.rollout_steps=128",
+        "algo.lr=1e-3",
+        "algo.gamma=0.95",
+        "algo.bptt_len=16",
+        "algo.normalize_rewards=true",
+        "algo.kl_early_stop=0.03",
+        "policy.hidden_sizes=[64, 64]",
+        "policy.activation=elu",
+        "runner.total_steps=229376",
+        "runner.eval_every=1000",
+        "runner.eval_episodes=16",
+        "seed=1",
+    ]
     _, lstm = _train(tmp_path, common + ["policy.kind=lstm"], "lstm")
     _, mlp = _train(tmp_path, common + ["policy.kind=mlp"], "mlp")
     lstm_eval, mlp_eval = lstm.final_eval, mlp.final_eval

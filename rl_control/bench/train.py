@@ -24,8 +24,18 @@ import time
 from rl_control.bench import common
 
 # Shared hyper-parameters (SB3 names on the left, ours derived from them).
-HPARAMS = {"n_envs": 8, "n_steps": 256, "n_epochs": 10, "minibatches": 4, "lr": 3e-4, "gamma": 0.99,
-           "gae_lambda": 0.95, "clip": 0.2, "hidden": 64, "lstm_hidden": 64}
+HPARAMS = {
+    "n_envs": 8,
+    "n_steps": 256,
+    "n_epochs": 10,
+    "minibatches": 4,
+    "lr": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip": 0.2,
+    "hidden": 64,
+    "lstm_hidden": 64,
+}
 SUITES = {
     # name: (env id, recurrent?, default budget)
     "mlp": ("InvertedPendulum-v5", False, 40_960),
@@ -52,14 +62,27 @@ def _our_run(env_id: str, recurrent: bool, steps: int, workers: int) -> dict:
 
     h = HPARAMS
     overrides = [
-        f"env.task={env_id}", f"env.num_envs={h['n_envs']}", f"env.workers={workers}",
-        "env.randomization.enabled=false", f"algo.rollout_steps={h['n_steps']}", f"algo.epochs={h['n_epochs']}",
-        f"algo.minibatches={h['minibatches']}", f"algo.lr={h['lr']}", f"algo.gamma={h['gamma']}",
-        f"algo.gae_lambda={h['gae_lambda']}", f"algo.clip_range={h['clip']}", "algo.entropy_coef=0.0",
-        f"policy.hidden_sizes=[{h['hidden']}, {h['hidden']}]", "policy.init_log_std=0.0",
-        "policy.normalize_obs=false", f"policy.kind={'lstm' if recurrent else 'mlp'}",
-        f"policy.lstm_hidden={h['lstm_hidden']}", f"runner.total_steps={steps}", "runner.eval_every=100000",
-        "runner.checkpoint_every=100000", "runner.eval_episodes=1",
+        f"env.task={env_id}",
+        f"env.num_envs={h['n_envs']}",
+        f"env.workers={workers}",
+        "env.randomization.enabled=false",
+        f"algo.rollout_steps={h['n_steps']}",
+        f"algo.epochs={h['n_epochs']}",
+        f"algo.minibatches={h['minibatches']}",
+        f"algo.lr={h['lr']}",
+        f"algo.gamma={h['gamma']}",
+        f"algo.gae_lambda={h['gae_lambda']}",
+        f"algo.clip_range={h['clip']}",
+        "algo.entropy_coef=0.0",
+        f"policy.hidden_sizes=[{h['hidden']}, {h['hidden']}]",
+        "policy.init_log_std=0.0",
+        "policy.normalize_obs=false",
+        f"policy.kind={'lstm' if recurrent else 'mlp'}",
+        f"policy.lstm_hidden={h['lstm_hidden']}",
+        f"runner.total_steps={steps}",
+        "runner.eval_every=100000",
+        "runner.checkpoint_every=100000",
+        "runner.eval_episodes=1",
     ]
     cfg = load_config(None, overrides)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -94,8 +117,9 @@ class _SB3Policy:
         import numpy as np
 
         if self.recurrent:
-            action, self.state = self.model.predict(obs, state=self.state, episode_start=np.array([self.start]),
-                                                    deterministic=True)
+            action, self.state = self.model.predict(
+                obs, state=self.state, episode_start=np.array([self.start]), deterministic=True
+            )
         else:
             action, _ = self.model.predict(obs, deterministic=True)
         self.start = False
@@ -112,16 +136,32 @@ def _sb3_run(env_id: str, recurrent: bool, steps: int) -> dict:
     h = HPARAMS
     venv = DummyVecEnv([lambda: make_env(env_id) for _ in range(h["n_envs"])])
     batch = h["n_envs"] * h["n_steps"] // h["minibatches"]
-    common_kwargs = dict(n_steps=h["n_steps"], batch_size=batch, n_epochs=h["n_epochs"], learning_rate=h["lr"],
-                         gamma=h["gamma"], gae_lambda=h["gae_lambda"], clip_range=h["clip"], ent_coef=0.0,
-                         seed=0, device="cpu", verbose=0)
-    arch = {"net_arch": {"pi": [h["hidden"], h["hidden"]], "vf": [h["hidden"], h["hidden"]]},
-            "activation_fn": torch.nn.Tanh}
+    common_kwargs = dict(
+        n_steps=h["n_steps"],
+        batch_size=batch,
+        n_epochs=h["n_epochs"],
+        learning_rate=h["lr"],
+        gamma=h["gamma"],
+        gae_lambda=h["gae_lambda"],
+        clip_range=h["clip"],
+        ent_coef=0.0,
+        seed=0,
+        device="cpu",
+        verbose=0,
+    )
+    arch = {
+        "net_arch": {"pi": [h["hidden"], h["hidden"]], "vf": [h["hidden"], h["hidden"]]},
+        "activation_fn": torch.nn.Tanh,
+    }
     if recurrent:
         from sb3_contrib import RecurrentPPO
 
-        model = RecurrentPPO("MlpLstmPolicy", venv, policy_kwargs={**arch, "lstm_hidden_size": h["lstm_hidden"],
-                                                                     "enable_critic_lstm": True}, **common_kwargs)
+        model = RecurrentPPO(
+            "MlpLstmPolicy",
+            venv,
+            policy_kwargs={**arch, "lstm_hidden_size": h["lstm_hidden"], "enable_critic_lstm": True},
+            **common_kwargs,
+        )
     else:
         from stable_baselines3 import PPO
 
@@ -131,8 +171,12 @@ def _sb3_run(env_id: str, recurrent: bool, steps: int) -> dict:
     model.learn(total_timesteps=steps)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    return {"steps": int(model.num_timesteps), "wall_s": wall, "cpu_s": cpu,
-            "eval": _evaluate(_SB3Policy(model, recurrent), env_id)}
+    return {
+        "steps": int(model.num_timesteps),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "eval": _evaluate(_SB3Policy(model, recurrent), env_id),
+    }
 
 
 def _evaluate(policy, env_id: str) -> float:
@@ -156,8 +200,19 @@ def _worker_main(args: argparse.Namespace) -> None:
 
 # ---- the benchmark driver ----------------------------------------------------------------------------------
 def _spawn(worker: str, suite: str, steps: int) -> dict:
-    cmd = [sys.executable, "-m", "rl_control.cli", "bench", "train", "--worker", worker, "--suite", suite,
-           "--steps", str(steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rl_control.cli",
+        "bench",
+        "train",
+        "--worker",
+        worker,
+        "--suite",
+        suite,
+        "--steps",
+        str(steps),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     for line in proc.stdout.splitlines():
@@ -193,12 +248,18 @@ def run(args: argparse.Namespace) -> dict:
         summary = {}
         for c, rs in runs.items():
             rates = common.Timing([r["steps"] / r["wall_s"] for r in rs])
-            summary[c] = {"steps_per_s": rates.to_dict(), "steps_per_s_median": rates.median,
-                          "return_median": statistics.median([r["eval"] for r in rs]),
-                          "returns": [r["eval"] for r in rs], "cpu_s": [r["cpu_s"] for r in rs]}
+            summary[c] = {
+                "steps_per_s": rates.to_dict(),
+                "steps_per_s_median": rates.median,
+                "return_median": statistics.median([r["eval"] for r in rs]),
+                "returns": [r["eval"] for r in rs],
+                "cpu_s": [r["cpu_s"] for r in rs],
+            }
         if "sb3" in summary:
             for c in ("ours", "ours-2workers"):
-                summary[c]["speed_ratio_vs_sb3"] = summary[c]["steps_per_s_median"] / summary["sb3"]["steps_per_s_median"]
+                summary[c]["speed_ratio_vs_sb3"] = (
+                    summary[c]["steps_per_s_median"] / summary["sb3"]["steps_per_s_median"]
+                )
         else:
             summary["sb3"] = {"unavailable": peer.error}
         results[suite] = {"env": env_id, "steps": steps, "contenders": summary}
@@ -208,12 +269,30 @@ def run(args: argparse.Namespace) -> dict:
             if "unavailable" in s:
                 rows.append([suite, res["env"], c, "unavailable", "", "", s["unavailable"][:60]])
                 continue
-            rows.append([suite, res["env"], c, f"{s['steps_per_s_median']:.0f}",
-                         f"{s['return_median']:.1f}", f"{s.get('speed_ratio_vs_sb3', float('nan')):.2f}", ""])
-    common.print_table("bench train: PPO vs SB3 (env-steps/s incl. updates, 1 torch thread)",
-                       ["suite", "env", "contender", "steps/s", "eval return", "x SB3", "note"], rows)
-    return common.finish_report(report, [sb3, contrib], threads={"torch": 1, "OMP_NUM_THREADS": "1"},
-                                hyperparameters=HPARAMS, results=results, acktr_overhead=acktr)
+            rows.append(
+                [
+                    suite,
+                    res["env"],
+                    c,
+                    f"{s['steps_per_s_median']:.0f}",
+                    f"{s['return_median']:.1f}",
+                    f"{s.get('speed_ratio_vs_sb3', float('nan')):.2f}",
+                    "",
+                ]
+            )
+    common.print_table(
+        "bench train: PPO vs SB3 (env-steps/s incl. updates, 1 torch thread)",
+        ["suite", "env", "contender", "steps/s", "eval return", "x SB3", "note"],
+        rows,
+    )
+    return common.finish_report(
+        report,
+        [sb3, contrib],
+        threads={"torch": 1, "OMP_NUM_THREADS": "1"},
+        hyperparameters=HPARAMS,
+        results=results,
+        acktr_overhead=acktr,
+    )
 
 
 if __name__ == "__main__":
