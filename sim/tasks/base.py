@@ -38,6 +38,7 @@ class MujocoRobotEnv(gym.Env):
     xml_name: ClassVar[str]
     episode_seconds: ClassVar[float]
     push_body: ClassVar[str | None] = None  # body that random pushes act on
+    render_camera: ClassVar[str | int] = -1  # camera used by render(); -1 is MuJoCo's free camera
 
     def __init__(
         self,
@@ -162,7 +163,7 @@ class MujocoRobotEnv(gym.Env):
             return None
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, height=240, width=320)
-        self._renderer.update_scene(self.data)
+        self._renderer.update_scene(self.data, camera=self.render_camera)
         return self._renderer.render()
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ def angle_from_upright(q: np.ndarray) -> np.ndarray:
 
 class PendulumSwingup(MujocoRobotEnv):
     xml_name = "pendulum.xml"
+    render_camera = "side"
     episode_seconds = 10.0
     effort_max = 1.0
     reward_scales = {"upright": -1.0, "velocity": -0.1, "effort": -0.1}
