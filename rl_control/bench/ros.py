@@ -50,6 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--block-seconds", type=float, default=5.0, help="diagnostics block of the policy node, s")
     parser.add_argument("--transport", choices=("udp", "shm"), default="udp", help="Fast DDS transport (default udp)")
+    parser.add_argument(
+        "--rt-priority",
+        type=int,
+        default=0,
+        help="run the node processes (and the measuring one) with SCHED_FIFO at this priority, as on a robot; "
+        "0 = normal scheduling (default)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("events", "single_threaded"),
+        default="events",
+        help="the nodes' rclpy executor (parameter `executor`; default events)",
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep models, node logs and raw results in DIR")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
 
@@ -96,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = work / "loop_bench.json"
         cmd = [sys.executable, "-m", "rl_policy_ros.loop_bench", "--out", str(out), "--workdir", str(work / "nodes")]
         cmd += ["--seconds", str(seconds), "--latency-seconds", str(latency_s), "--block-seconds", str(block_s)]
-        cmd += ["--transport", args.transport]
+        cmd += ["--transport", args.transport, "--rt-priority", str(args.rt_priority), "--executor", args.executor]
         for rate, model in zip(rates, models, strict=True):
             cmd += ["--model", f"{rate:g}={model}"]
         print(
@@ -149,9 +162,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "meets target",
     ]
     load = [r["timer"]["load_average"][0] for r in results]
+    sched = f"SCHED_FIFO {args.rt_priority}" if args.rt_priority > 0 else "normal scheduling"
     caption = (
         f"{seconds:g} s timer loop + {latency_s:g} s round trips per rate, 2 processes (+ this one), Fast DDS "
-        f"{measured['transport']} on localhost; jitter p99 = worst {block_s:g} s block; onnxruntime 1 thread "
+        f"{measured['transport']} on localhost, {sched}, {measured['executor']} executor; "
+        f"jitter p99 = worst {block_s:g} s block; onnxruntime 1 thread "
         f"({threads or 'thread variables preset'}); 1-min load average during the runs {min(load):.2f}-{max(load):.2f} "
         f"on {common.usable_cores()} cores. Targets: 50/200 Hz jitter p99 <= {TARGET_JITTER_P99_MS:g} ms and 0 misses, "
         f"500 Hz held (>= {HELD_FRACTION:.0%}), sensor->command p50 <= {TARGET_LATENCY_P50_MS:g} ms."
@@ -169,6 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latency_seconds=latency_s,
         block_seconds=block_s,
         transport=measured["transport"],
+        rt_priority=measured["rt_priority"],
+        executor=measured["executor"],
         ros_domain_id=measured["ros_domain_id"],
         targets={
             "jitter_p99_ms_max": TARGET_JITTER_P99_MS,

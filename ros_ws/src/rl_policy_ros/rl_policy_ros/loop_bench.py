@@ -41,16 +41,19 @@ from typing import Any
 
 import numpy as np
 
+from rl_policy_ros import ros_common
 from rl_policy_ros.closed_loop import (
     ClosedLoopError,
     NodeProcess,
     Operator,
     ShmGuard,
     diag_number,
+    interruptible,
     ros_environment,
-    terminate_on_sigterm,
     uninterruptible,
+    use_in_this_process,
 )
+from rl_policy_ros.config import EXECUTORS
 
 JOINT_STATES, COMMANDS = "/bench/joint_states", "/bench/commands"
 STARTUP_TIMEOUT_S = 90.0
@@ -81,12 +84,16 @@ class Block:
 
 
 def _phase_processes(
-    env: dict[str, str], workdir: Path, name: str, specs: Sequence[tuple[str, str, dict[str, Any]]]
+    env: dict[str, str],
+    workdir: Path,
+    name: str,
+    specs: Sequence[tuple[str, str, dict[str, Any]]],
+    rt_priority: int,
 ) -> list[NodeProcess]:
     processes = []
     try:
         for module, node, params in specs:
-            processes.append(NodeProcess(module, node, params, env, workdir / name))
+            processes.append(NodeProcess(module, node, params, env, workdir / name, rt_priority))
     except BaseException:
         for p in processes:
             p.stop()
@@ -95,7 +102,14 @@ def _phase_processes(
 
 
 def timer_phase(
-    model: Path, rate: float, seconds: float, block_s: float, env: dict[str, str], workdir: Path
+    model: Path,
+    rate: float,
+    seconds: float,
+    block_s: float,
+    env: dict[str, str],
+    workdir: Path,
+    rt_priority: int = 0,
+    executor: str = "events",
 ) -> dict[str, Any]:
     """Phase 1: the deployed loop (sim node + policy node on its timer); see the module docstring."""
     window = max(1, round(rate * block_s))
@@ -109,6 +123,7 @@ def timer_phase(
                 "sensor_rate": float(rate),
                 "joint_state_topic": JOINT_STATES,
                 "command_topic": COMMANDS,
+                "executor": executor,
             },
         ),
         (
@@ -121,10 +136,12 @@ def timer_phase(
                 "soft_start_time": 0.0,
                 "diagnostics_period": float(block_s),
                 "stats_window": window,
+                "executor": executor,
             },
         ),
     ]
-    processes = _phase_processes(env, workdir, f"timer_{rate:g}hz", specs)
+    processes = _phase_processes(env, workdir, f"timer_{rate:g}hz", specs, rt_priority)
+    scheduling = {p.name: p.scheduling() for p in processes}
     sim, policy = processes
     op: Operator | None = None
     try:
@@ -141,13 +158,13 @@ def timer_phase(
                 return
             if not running["seen"]:
                 # The first message after the loop runs starts the measurement (its block had start-up in it).
-                running["seen"] = message == "running"
+                running["seen"] = message.startswith("running")
                 if not running["seen"]:
                     return
             blocks.append(Block(stamp, time.monotonic(), cpu_seconds(policy.pid), cpu_seconds(sim.pid), values))
 
         op.watch_diagnostics()
-        op.spin_until(lambda: running["seen"], STARTUP_TIMEOUT_S, f"the {rate:g} Hz loop to run")
+        op.spin_until(lambda: on_message() or running["seen"], STARTUP_TIMEOUT_S, f"the {rate:g} Hz loop to run")
         n_blocks = max(1, math.ceil(seconds / block_s))
 
         def collect() -> bool:
@@ -160,7 +177,7 @@ def timer_phase(
             codes = [p.stop() for p in processes]
             if op is not None:
                 op.close()
-    return _summarize_timer(rate, blocks, window, codes)
+    return _summarize_timer(rate, blocks, window, codes) | {"scheduling": scheduling}
 
 
 def _summarize_timer(rate: float, blocks: list[Block], window: int, codes: list[int]) -> dict[str, Any]:
@@ -202,7 +219,14 @@ def _summarize_timer(rate: float, blocks: list[Block], window: int, codes: list[
 
 
 def latency_phase(
-    model: Path, rate: float, seconds: float, joint_names: Sequence[str], env: dict[str, str], workdir: Path
+    model: Path,
+    rate: float,
+    seconds: float,
+    joint_names: Sequence[str],
+    env: dict[str, str],
+    workdir: Path,
+    rt_priority: int = 0,
+    executor: str = "events",
 ) -> dict[str, Any]:
     """Phase 2: JointState from here -> policy node (one step per message) -> command back here."""
     from rclpy.clock import Clock, ClockType
@@ -221,10 +245,12 @@ def latency_phase(
                 "trigger": "sensor",
                 "soft_start_time": 0.0,
                 "diagnostics_period": 1.0,
+                "executor": executor,
             },
         )
     ]
-    processes = _phase_processes(env, workdir, f"latency_{rate:g}hz", specs)
+    processes = _phase_processes(env, workdir, f"latency_{rate:g}hz", specs, rt_priority)
+    scheduling = {p.name: p.scheduling() for p in processes}
     op: Operator | None = None
     state = {"pending": False, "t_pub": 0.0, "record": False, "lost": 0, "skipped": 0, "sent": 0}
     latencies: list[float] = []
@@ -260,6 +286,7 @@ def latency_phase(
 
         op.node.create_timer(1.0 / rate, tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
         # Warm-up: until commands come back (the node is up and matched), then one more second.
+        ros_common.freeze_gc()  # this process is half of the measured round trip
         state["record"] = True
         op.spin_until(lambda: len(latencies) > 0, STARTUP_TIMEOUT_S, f"a command answering a JointState at {rate:g} Hz")
         op.spin_for(1.0)
@@ -287,6 +314,7 @@ def latency_phase(
         "latency_p99_ms": float(p99),
         "latency_max_ms": float(values.max()),
         "exit_codes": codes,
+        "scheduling": scheduling,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -298,33 +326,40 @@ def run(
     block_s: float,
     workdir: Path,
     transport: str = "udp",
+    rt_priority: int = 0,
+    executor: str = "events",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Both phases for every (rate, model); returns the JSON payload."""
+    """Both phases for every (rate, model); returns the JSON payload.
+
+    With ``rt_priority`` > 0 the node processes, and this one (the driver of the latency phase), run with
+    SCHED_FIFO at that priority, as a control stack on a robot would; otherwise with normal scheduling.
+    """
     from deploy.runtime import OnnxPolicy
 
     env = ros_environment(workdir / "ros_log", transport=transport)
-    for key in ("ROS_DOMAIN_ID", "ROS_LOG_DIR", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION"):
-        os.environ[key] = env[key]
-    os.environ.pop("ROS_LOCALHOST_ONLY", None)
-    if "FASTDDS_BUILTIN_TRANSPORTS" in env:
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = env["FASTDDS_BUILTIN_TRANSPORTS"]
-    else:
-        os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
-    shm = ShmGuard()
+    use_in_this_process(env)
+    if rt_priority > 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
+        except OSError as exc:
+            raise ClosedLoopError(f"--rt-priority {rt_priority}: SCHED_FIFO is not permitted here ({exc})") from None
+    shm = ShmGuard(int(env["ROS_DOMAIN_ID"]))
     results = []
     try:
         for rate, model in models:
             iface = OnnxPolicy(model).interface
             if iface is None or abs(iface.policy_dt * rate - 1.0) > 1e-6:
                 raise ClosedLoopError(f"{model}: its policy period is not 1/{rate:g} s")
-            timer = timer_phase(model, rate, seconds, block_s, env, workdir)
+            timer = timer_phase(model, rate, seconds, block_s, env, workdir, rt_priority, executor)
             log(
                 f"{rate:g} Hz timer loop: {timer['achieved_hz']:.1f} Hz achieved, jitter p50/p99 "
                 f"{timer['jitter_p50_ms']:.3f}/{timer['jitter_p99_ms']:.3f} ms, {timer['deadline_misses']} deadline "
                 f"misses, policy node CPU {timer['policy_cpu_percent']:.1f}%"
             )
-            latency = latency_phase(model, rate, latency_seconds, iface.joint_names, env, workdir)
+            latency = latency_phase(
+                model, rate, latency_seconds, iface.joint_names, env, workdir, rt_priority, executor
+            )
             log(
                 f"{rate:g} Hz sensor-to-command: p50 {latency['latency_p50_ms']:.3f} ms, p99 "
                 f"{latency['latency_p99_ms']:.3f} ms over {latency['answered']} round trips "
@@ -337,6 +372,8 @@ def run(
     return {
         "ros_domain_id": int(env["ROS_DOMAIN_ID"]),
         "transport": transport,
+        "rt_priority": rt_priority,
+        "executor": executor,
         "seconds": seconds,
         "latency_seconds": latency_seconds,
         "block_seconds": block_s,
@@ -366,13 +403,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=10.0, help="round-trip measurement per rate, s")
     p.add_argument("--block-seconds", type=float, default=5.0, help="diagnostics block, s")
     p.add_argument("--transport", choices=("udp", "shm"), default="udp", help="Fast DDS transport")
+    p.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the processes; 0 = normal")
+    p.add_argument("--executor", choices=EXECUTORS, default="events", help="the nodes' executor parameter")
     p.add_argument("--out", type=Path, required=True, help="result JSON")
     p.add_argument("--workdir", type=Path, help="node logs and params (default: next to --out)")
     args = p.parse_args(argv)
     workdir = args.workdir or args.out.parent / "ros_bench"
-    with terminate_on_sigterm():
+    with interruptible():
         try:
-            payload = run(args.model, args.seconds, args.latency_seconds, args.block_seconds, workdir, args.transport)
+            payload = run(
+                args.model,
+                args.seconds,
+                args.latency_seconds,
+                args.block_seconds,
+                workdir,
+                args.transport,
+                args.rt_priority,
+                args.executor,
+            )
             payload["ok"] = True
             code = 0
         except KeyboardInterrupt:

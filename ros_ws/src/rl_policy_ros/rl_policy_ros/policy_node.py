@@ -44,10 +44,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from deploy.runtime import OnnxPolicy, PolicyError
 from rl_policy_ros import ros_common
-from rl_policy_ros.config import POLICY_PARAMS, ParameterError, PolicyNodeConfig
+from rl_policy_ros.config import EXECUTORS, POLICY_PARAMS, ParameterError, PolicyNodeConfig
 from rl_policy_ros.controller import IncompatibleModelError, PolicyController, RobotSpec, StepResult
 from rl_policy_ros.safety import SafetyConfig, SafetyConfigError
 
+WATCHDOG_MIN_PERIOD = 0.01
+"""Shortest period of the steady-clock watchdog timer, s."""
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 """Commands are reliable, as ros2_control's forward command controller subscribes (system default QoS)."""
 
@@ -67,6 +69,7 @@ class PolicyNode(LifecycleNode):
         self._entities: list = []  # subscriptions/services/publishers created at configure
         self._timers: list = []
         self._command_pub = None
+        self._joint_sub = None
         self._output_is_array = True
         self._active = False
         self._last_step = -float("inf")  # monotonic time of the latest control step
@@ -130,9 +133,10 @@ class PolicyNode(LifecycleNode):
         msg_type = Float64MultiArray if self._output_is_array else JointTrajectory
         self._command_pub = self.create_lifecycle_publisher(msg_type, cfg.output_topic, COMMAND_QOS)
         sensor_qos = qos_profile_sensor_data
+        self._joint_sub = self.create_subscription(JointState, cfg.joint_state_topic, self._on_joint_state, sensor_qos)
         self._entities = [
             self._command_pub,
-            self.create_subscription(JointState, cfg.joint_state_topic, self._on_joint_state, sensor_qos),
+            self._joint_sub,
             self.create_subscription(Bool, "~/estop", self._on_estop_topic, COMMAND_QOS),
             self.create_service(Trigger, "~/estop", self._on_estop_service),
             self.create_service(Trigger, "~/reset", self._on_reset_service),
@@ -155,9 +159,15 @@ class PolicyNode(LifecycleNode):
             self._timers.append(self.create_timer(period, self._on_timer))
         # The watchdog runs on the steady clock, so a stalled sensor stream (or a stalled /clock) still
         # leads to the safe command.
-        self._watchdog_period = min(self.config.watchdog_timeout / 2.0, period)
-        self._timers.append(self.create_timer(self._watchdog_period, self._on_watchdog, clock=self._steady))
+        # Every policy period, but not faster than WATCHDOG_MIN_PERIOD: each wake-up of the executor costs
+        # CPU (a bare 500 Hz rclpy timer took ~30% of a core here), and 10 ms is small next to the timeout.
+        self._watchdog_period = min(self.config.watchdog_timeout / 2.0, max(period, WATCHDOG_MIN_PERIOD))
+        # A control timer on the wall clock checks the sensor age at every step itself, so this timer is only
+        # needed when the trigger can fall silent (sensor trigger, or a timer on /clock).
+        if self.config.trigger == "sensor" or self.get_parameter("use_sim_time").value:
+            self._timers.append(self.create_timer(self._watchdog_period, self._on_watchdog, clock=self._steady))
         self._active = True
+        ros_common.freeze_gc()  # the model and interfaces exist now; keep full collections out of the loop
         self.get_logger().info("activated: policy state reset, soft start armed")
         return super().on_activate(state)
 
@@ -201,6 +211,7 @@ class PolicyNode(LifecycleNode):
                 self.destroy_subscription(entity)
         self._entities = []
         self._command_pub = None
+        self._joint_sub = None
 
     def shutdown_safely(self) -> None:
         """On process exit (SIGINT/SIGTERM): send the safe command if the node is driving the robot."""
@@ -355,6 +366,10 @@ class PolicyNode(LifecycleNode):
         )
         lifecycle = self.lifecycle_state()
         values = {"lifecycle_state": lifecycle}
+        if self._joint_sub is not None and self._command_pub is not None:
+            # Matched endpoints: is a driver publishing joint states, and is anything taking the commands?
+            values["joint_state_publishers"] = str(self._joint_sub.get_publisher_count())
+            values["command_subscribers"] = str(self._command_pub.get_subscription_count())
         if self.controller is None:
             status.level = DiagnosticStatus.ERROR if self.error else DiagnosticStatus.WARN
             status.message = self.error or f"{lifecycle}: no model loaded"
@@ -398,7 +413,11 @@ def main(args: list[str] | None = None) -> int:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
 
-    return ros_common.spin_until_signal(node, on_start=start, on_stop=node.shutdown_safely)
+    # The config is validated at configure; an invalid executor name makes configure refuse (naming the
+    # parameter) while the node keeps spinning on the conservative executor to report it.
+    kind = node._params.get("executor")
+    kind = kind if kind in EXECUTORS else "single_threaded"
+    return ros_common.spin_until_signal(node, on_start=start, on_stop=node.shutdown_safely, executor_kind=kind)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class SimHardwareNode(Node):
             f"policy period {iface.policy_dt * 1e3:.1f} ms, physics {self.robot.physics_dt * 1e3:.2f} ms, "
             f"randomize={cfg.randomize}"
         )
+        ros_common.freeze_gc()  # the physics runs in real time too; keep full collections short
         if not cfg.wait_for_start:
             self._start_episode()
 
@@ -235,7 +236,7 @@ def main(args: list[str] | None = None) -> int:
 
         rclpy.try_shutdown()
         return 2
-    return ros_common.spin_until_signal(node)
+    return ros_common.spin_until_signal(node, executor_kind=node.config.executor)
 
 
 if __name__ == "__main__":
