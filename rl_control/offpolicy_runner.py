@@ -15,10 +15,11 @@ Loop, one vector step at a time (N envs):
 An iteration is ``iteration_steps`` env steps (rounded up to whole vector steps): one metrics record;
 ``runner.eval_every`` and ``runner.checkpoint_every`` count iterations. Checkpoints hold weights, target
 networks, optimizer, temperature, normalizer, RNG states and counters after any whole vector step. Ctrl-C or
-SIGTERM asks the loop to stop after the current vector step and its updates (tens of milliseconds): it
-saves there and returns ``interrupted``; a second signal interrupts at once (the last checkpoint stays). The replay buffer is written only with
-``algo.save_replay`` (to ``checkpoints/replay.pt``; 1M HalfCheetah transitions are ~93 MiB); without it a
-resumed run refills the buffer with its current policy before updating again.
+SIGTERM asks the loop to stop after the current vector step and its updates (tens of milliseconds): it saves
+there and returns ``interrupted``; a second signal interrupts at once (the last checkpoint stays). The
+replay buffer is written only with ``algo.save_replay`` (to ``checkpoints/replay.pt``; 1M HalfCheetah
+transitions are ~93 MiB); without it a resumed run refills the buffer with its current policy before
+updating again.
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ class OffPolicyRunner:
         term_sums: dict[str, float] = {}
         t_collect = t_update = 0.0
         n_updates = n_steps = 0
+        cpu0 = time.process_time()
         interrupted, final_eval, consistent = False, None, True
         self._stop_requested = False
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -229,7 +231,9 @@ class OffPolicyRunner:
                     # ---- end of an iteration: metrics, evaluation, checkpoint
                     self.iteration += 1
                     elapsed = max(t_collect + t_update, 1e-9)
+                    # This process's CPU time (simulation workers excluded): the benchmark's cost measure.
                     record = {"iteration": self.iteration, "time/collect_s": t_collect, "time/update_s": t_update,
+                              "time/cpu_s": time.process_time() - cpu0,
                               "steps_per_s": n_steps * N / elapsed, "updates": n_updates,
                               "updates_per_s": n_updates / max(t_update, 1e-9), "replay/size": len(self.replay),
                               **{k: totals[k] / counts[k] for k in totals},
@@ -253,6 +257,7 @@ class OffPolicyRunner:
                     totals, counts, term_sums = {}, {}, {}
                     t_collect = t_update = 0.0
                     n_updates = n_steps = 0
+                    cpu0 = time.process_time()
         except KeyboardInterrupt:
             # Any whole vector step is a consistent resume point; mid-update, the last checkpoint is.
             interrupted = True

@@ -52,9 +52,14 @@ Design notes:
   parent disappears (pipe EOF, or re-parenting noticed while idle), so no orphan outlives a crash.
 - One pipe message per worker and batch (command out, 1-byte answer back); the parent waits on all pipes
   and all process sentinels with one ``poll`` call, so a dead worker is noticed at once.
-- Where a batched kernel exists for the env type (``sim.vector_kernels``), a worker steps its whole slice
-  with one Python loop around ``mj_step`` and computes observations and rewards with vectorized numpy;
-  other envs are stepped one by one through ``env.step``. Both give the same numbers.
+- Where a batched kernel exists for the env type (``sim.vector_kernels``), a slice is stepped with one
+  Python loop around ``mj_step`` and observations and rewards come from vectorized numpy; other envs are
+  stepped one by one through ``env.step``. Both give the same numbers (tested).
+- Kernels whose work is ``mj_step`` (which releases the GIL) also run on threads: such envs default to
+  ``workers=0`` and one thread per core that take envs from a shared counter. Measured on the shared
+  2-core machine: a fixed slice per process stalls the whole batch whenever the OS preempts one worker
+  for another job; work taken dynamically does not. Envs whose step is mostly Python (our robot tasks)
+  keep worker processes, since threads would serialize on the GIL.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ from typing import Any, NoReturn
 import gymnasium as gym
 import numpy as np
 
-from sim.vector_kernels import KernelEnvError, LoopKernel, StepBatch, find_kernel
+from sim.vector_kernels import KernelEnvError, LoopKernel, StepBatch, find_kernel, kernel_class
 
 EnvFn = Callable[[], gym.Env]
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
@@ -106,6 +111,7 @@ class _Spec:
     term_names: tuple[str, ...]
     rand_names: tuple[str, ...]
     batch_kernels: bool
+    threads: int  # threads per slice for kernels that release the GIL
 
     def fields(self) -> list[tuple[str, str, tuple[int, ...]]]:
         n, k, r = self.num_envs, len(self.term_names), len(self.rand_names)
@@ -179,7 +185,7 @@ class _SliceRunner:
                 raise _env_failure(lo + k, "construction", exc) from exc
             _check_spaces(env, spec, lo + k)
             self.envs.append(env)
-        kernel = find_kernel(self.envs, spec.term_names) if spec.batch_kernels else None
+        kernel = find_kernel(self.envs, spec.term_names, spec.threads) if spec.batch_kernels else None
         if kernel is None:
             kernel = LoopKernel(self.envs, spec.term_source, spec.term_names)
         self.kernel = kernel
@@ -237,6 +243,7 @@ class _SliceRunner:
                 self._start_episode(k, obs, info)
 
     def close(self) -> None:
+        self.kernel.close()
         for env in self.envs:
             try:
                 env.close()
@@ -275,6 +282,9 @@ class _SliceRunner:
 
     def _guard_non_finite(self, out: StepBatch) -> None:
         """A diverged env ends its episode as truncated; its last finite observation stands in."""
+        # Fast path: one float64 sum is finite iff every entry is (float32 values cannot overflow it).
+        if np.isfinite(out.obs.sum(dtype=np.float64) + out.reward.sum()):
+            return
         flat = out.obs.reshape(len(out.obs), -1)
         bad = ~(np.isfinite(flat).all(axis=1) & np.isfinite(out.reward))
         if bad.any():
@@ -294,9 +304,7 @@ def _env_failure(index: int, phase: str, exc: BaseException) -> EnvStepError:
 def _check_spaces(env: gym.Env, spec: _Spec, index: int) -> None:
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(obs_space, gym.spaces.Box) or tuple(obs_space.shape) != spec.obs_shape:
-        raise EnvStepError(
-            f"env {index}: observation space {obs_space} differs from env 0's shape {spec.obs_shape}"
-        )
+        raise EnvStepError(f"env {index}: observation space {obs_space} differs from env 0's shape {spec.obs_shape}")
     if tuple(act_space.shape or ()) != spec.act_shape:
         raise EnvStepError(f"env {index}: action space {act_space} differs from env 0's {spec.act_shape}")
 
@@ -319,14 +327,17 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool)
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers(num_envs: int) -> int:
-    """Worker processes used when none are given: one per usable core, at most one per env.
+    """Worker processes used for envs stepped by ``env.step``: one per usable core, at most one per env.
 
     A single env is stepped in-process (0 workers): a process of its own would add a round trip per step
-    and gain no parallelism.
+    and gain no parallelism. (Envs with a GIL-releasing batched kernel default to 0 workers and threads.)
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(cores, num_envs)
+    workers = min(usable_cores(), num_envs)
     return 0 if workers <= 1 else workers
 
 
@@ -337,12 +348,19 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
 
     Args:
         env_fns: One factory per env. Every env must have a Box observation space and the same spaces.
-        workers: Worker processes; 0 steps every env in this process; None picks
-            :func:`default_workers`. Envs are split into contiguous, near-equal slices.
+        workers: Worker processes; 0 steps every env in this process; None picks the default below.
+            Envs are split into contiguous, near-equal slices.
         seed: Seed of the first ``reset()`` called without one (env i gets ``seed + i``).
         timeout: Seconds a worker may take to answer one command before the call fails.
         context: Multiprocessing start method, "fork" (default) or "forkserver"/"spawn".
         batch_kernels: Use batched kernels where one exists for the env type (False forces env.step).
+        threads: Threads per process (per worker, or the caller's with ``workers=0``) for a batched kernel
+            that releases the GIL; ignored otherwise. None: the usable cores divided among the processes.
+
+    Defaults: envs stepped through ``env.step`` (our robot tasks, most Gymnasium envs) spend most of their
+    time in Python, so they get one worker process per core. Envs with a GIL-releasing batched kernel
+    (HalfCheetah-v5) get ``workers=0`` and one thread per core instead: no inter-process round trip per
+    step, and the threads share the work dynamically, which a fixed slice per process cannot.
     """
 
     def __init__(
@@ -354,18 +372,17 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         timeout: float = 60.0,
         context: str = "fork",
         batch_kernels: bool = True,
+        threads: int | None = None,
     ) -> None:
         env_fns = list(env_fns)
         if not env_fns:
             raise ValueError("ParallelVectorEnv needs at least one env factory")
         n = len(env_fns)
-        workers = default_workers(n) if workers is None else int(workers)
-        if not 0 <= workers <= n:
-            raise ValueError(f"workers must be in [0, num_envs={n}], got {workers}")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.num_envs = n
-        self.num_workers = workers
         self.timeout = float(timeout)
         self._pending_seed = seed
         self._has_reset = False
@@ -380,8 +397,19 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
                     "flatten Dict observations first (gymnasium.wrappers.FlattenObservation)"
                 )
             term_source, term_names, rand_names = _probe(probe_env)
+            kernel_cls = kernel_class([probe_env], term_names) if batch_kernels else None
         finally:
             probe_env.close()
+        threaded = kernel_cls is not None and kernel_cls.releases_gil
+        if workers is None:
+            workers = 0 if threaded else default_workers(n)
+        workers = int(workers)
+        if not 0 <= workers <= n:
+            raise ValueError(f"workers must be in [0, num_envs={n}], got {workers}")
+        if threads is None:
+            threads = max(1, usable_cores() // max(1, workers)) if threaded else 1
+        self.num_workers = workers
+        self.threads = int(threads) if threaded else 1
         self.single_observation_space = gym.spaces.Box(
             np.asarray(obs_space.low, np.float32), np.asarray(obs_space.high, np.float32), dtype=np.float32
         )
@@ -399,8 +427,10 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
             term_names=term_names,
             rand_names=rand_names,
             batch_kernels=batch_kernels,
+            threads=self.threads,
         )
         self._float_actions = np.issubdtype(np.dtype(act_space.dtype), np.floating)
+        self._discrete = isinstance(act_space, gym.spaces.Discrete)
 
         self._procs: list[mp.process.BaseProcess] = []
         self._conns: list[Connection] = []
@@ -501,6 +531,11 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         return [p.pid for p in self._procs if p.pid is not None]
 
     @property
+    def parallelism(self) -> int:
+        """How many envs are stepped at the same time (worker processes x threads, at most num_envs)."""
+        return max(1, min(self.num_envs, max(1, self.num_workers) * self.threads))
+
+    @property
     def kernels(self) -> list[str]:
         """Kernel class stepping each worker's slice (one entry with ``workers=0``), e.g. "LoopKernel"."""
         if self._runner is not None:
@@ -528,13 +563,13 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         expected = (self.num_envs, *self._spec.act_shape)
         if a.shape != expected:
             raise ValueError(f"actions have shape {a.shape}, expected {expected} (num_envs, *action_shape)")
-        if self._float_actions or np.issubdtype(a.dtype, np.floating):
+        if (self._float_actions or a.dtype.kind == "f") and not np.isfinite(a.sum(dtype=np.float64)):
             finite = np.isfinite(a.reshape(self.num_envs, -1)).all(axis=1)
             if not finite.all():
                 bad = np.flatnonzero(~finite).tolist()
                 raise ValueError(f"actions of envs {bad} contain NaN or inf: {a[bad[0]]} (env {bad[0]})")
         space = self.single_action_space
-        if isinstance(space, gym.spaces.Discrete):
+        if self._discrete:
             # Casting into the integer buffer would silently truncate 0.7 to 0 or wrap -1: refuse instead.
             ok = (a == np.round(a)) & (a >= space.start) & (a < space.start + space.n)
             if not ok.all():
@@ -774,7 +809,7 @@ def make_vector_env(
         workers: Worker processes (None: :func:`default_workers`; 0: in-process).
         randomization: A :class:`sim.randomization.RandomizationConfig`, or None for the task's default.
         seed: Seed of the first reset (env i gets ``seed + i``).
-        **kwargs: Passed to :class:`ParallelVectorEnv` (timeout, context, batch_kernels).
+        **kwargs: Passed to :class:`ParallelVectorEnv` (timeout, context, batch_kernels, threads).
     """
     from sim.tasks import env_factory
 

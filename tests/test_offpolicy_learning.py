@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,11 +19,10 @@ from rl_control.config import load_config
 from rl_control.evaluation import TorchPolicy
 from rl_control.metrics import read_metrics
 from rl_control.offpolicy_runner import REPLAY_NAME, OffPolicyRunner
-from rl_control.runner import Runner, load_trained_policy, make_runner, resume_runner
 from rl_control.replay import TRANSITION
+from rl_control.runner import Runner, load_trained_policy, make_runner, resume_runner
 from sim.tasks import make_env
 
-WORKERS = min(2, os.cpu_count() or 1)
 TINY = ["env.num_envs=2", "env.workers=0", "policy.hidden_sizes=[32, 32]", "policy.activation=relu",
         "algo.warmup_steps=100", "algo.iteration_steps=100", "algo.batch_size=64", "runner.eval_episodes=1"]
 
@@ -42,7 +40,8 @@ def _train(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Off
 def test_make_runner_dispatches_on_the_algorithm_and_ppo_stays_the_default(tmp_path):
     cfg = load_config(None, ["algo.lr=1e-3", "env.num_envs=1"])
     assert cfg.algo.name == "ppo"
-    runner = make_runner(cfg, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None, show_progress=False)
+    (tmp_path / "ppo").mkdir()
+    runner = make_runner(cfg, tmp_path / "ppo", show_progress=False)
     assert type(runner) is Runner
     runner.venv.close()
     for name in ("sac", "td3", "tqc"):
@@ -164,18 +163,100 @@ def test_sac_policy_exports_through_the_parity_gate(tmp_path):
 
 
 # ---- learning checks ---------------------------------------------------------------------------------------
+# Seeded and deterministic (workers=0, one torch thread). Measured on the 2-core machine (shared, loaded)
+# with exactly these settings; the numbers are in each test's comment.
 PENDULUM = ["seed=0", "env.task=Pendulum-v1", "env.randomization.enabled=false", "env.num_envs=1",
-            f"env.workers={0}", "policy.hidden_sizes=[64, 64]", "policy.activation=relu",
+            "env.workers=0", "policy.hidden_sizes=[64, 64]", "policy.activation=relu",
             "algo.warmup_steps=1000", "algo.iteration_steps=2000", "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
             "runner.eval_every=100", "runner.eval_episodes=10"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "extra"), [
-    ("sac", ["algo.alpha_lr=1e-3"]),
-    ("td3", []),
-    ("tqc", ["algo.alpha_lr=1e-3"]),
+@pytest.mark.parametrize(("algo", "steps", "extra"), [
+    ("sac", 10_000, ["algo.alpha_lr=1e-3"]),  # measured: eval -110.3 at 10k (-110.7 at 20k); ~1 min
+    ("td3", 8_000, []),  # measured: eval -114.5 at 8k (-120.5 at 16k); ~1 min
+    ("tqc", 8_000, ["algo.alpha_lr=1e-3"]),  # 5 critics x 25 quantiles; measured: eval -110.5 at 8k; ~2 min
 ])
-def test_reaches_minus_200_on_pendulum_within_20k_steps(tmp_path, algo, extra):
-    _, result = _train(tmp_path, [*PENDULUM, f"algo.name={algo}", "runner.total_steps=16000", *extra])
+def test_reaches_minus_200_on_pendulum_within_20k_steps(tmp_path, algo, steps, extra):
+    _, result = _train(tmp_path, [*PENDULUM, f"algo.name={algo}", f"runner.total_steps={steps}", *extra])
     assert result.final_eval["mean_return"] >= -200, result.final_eval
+
+
+@pytest.mark.slow
+def test_discrete_sac_solves_cartpole(tmp_path):
+    # Exact expectations over the 2 actions; Q clipped to the return bounds [0, 1/(1-gamma)] of reward 1.
+    # Measured: eval 500 at 10k steps (and at 15k, 20k, 25k, 30k); ~1.5 min.
+    _, result = _train(tmp_path, [
+        "seed=0", "env.task=CartPole-v1", "env.randomization.enabled=false", "env.num_envs=1", "env.workers=0",
+        "algo.name=sac", "policy.hidden_sizes=[64, 64]", "policy.activation=relu", "algo.warmup_steps=1000",
+        "algo.iteration_steps=2500", "algo.actor_lr=3e-4", "algo.critic_lr=1e-3", "algo.alpha_lr=3e-4",
+        "algo.target_entropy_ratio=0.3", "algo.reward_bounds=[0, 1]", "runner.total_steps=10000",
+        "runner.eval_every=100", "runner.eval_episodes=5"])
+    assert result.final_eval["mean_return"] >= 450, result.final_eval
+
+
+@pytest.mark.slow
+def test_recurrent_sac_learns_no_velocity_swingup_where_mlp_sac_does_not(tmp_path):
+    """LSTM SAC vs MLP SAC, same budget (32k env steps, 16k updates) on encoder-only sensing.
+
+    Long for CI: 296 s for both runs on a quiet 2-core machine (~7.5 min under load). Measured with
+    these settings: LSTM eval return -194.1, success 1.0 (success 0.9 already at 24k steps); MLP -1419.9.
+    """
+    common = ["seed=1", "env.task=pendulum_swingup_novel", "env.num_envs=2", "env.workers=0", "algo.name=sac",
+              "algo.warmup_steps=2000", "algo.iteration_steps=4000", "algo.utd_ratio=0.5", "algo.gamma=0.98",
+              "algo.actor_lr=1e-3", "algo.critic_lr=1e-3", "algo.alpha_lr=1e-3", "algo.burn_in=8",
+              "algo.sequence_length=16", "algo.sequences_per_batch=32", "policy.lstm_hidden=64",
+              "policy.hidden_sizes=[64, 64]", "policy.activation=relu", "runner.total_steps=32000",
+              "runner.eval_every=100", "runner.eval_episodes=10"]
+    _, lstm = _train(tmp_path, [*common, "policy.kind=lstm"], "lstm")
+    _, mlp = _train(tmp_path, [*common, "policy.kind=mlp"], "mlp")
+    assert lstm.final_eval["success_rate"] >= 0.6, lstm.final_eval
+    assert mlp.final_eval["success_rate"] <= 0.25, mlp.final_eval
+    assert lstm.final_eval["mean_return"] > mlp.final_eval["mean_return"] + 300
+
+
+@pytest.mark.parametrize(("kind", "task", "lstm"), [
+    ("squashed_gaussian", "pendulum_swingup_novel", True),  # recurrent SAC
+    ("deterministic", "pendulum_swingup", False),  # TD3
+    ("categorical", "CartPole-v1", False),  # discrete SAC: action index, no target output
+])
+def test_every_actor_kind_exports_through_the_parity_gate(tmp_path, kind, task, lstm):
+    from rl_control.config import PolicyConfig
+    from rl_control.offpolicy_networks import OffPolicyActor
+
+    torch.manual_seed(0)
+    env = make_env(task)
+    space = env.action_space
+    discrete = kind == "categorical"
+    actor = OffPolicyActor(env.observation_space.shape[0], int(space.n) if discrete else space.shape[0],
+                           PolicyConfig(kind="lstm" if lstm else "mlp", lstm_hidden=16, hidden_sizes=(32,)), kind,
+                           None if discrete else space.low, None if discrete else space.high)
+    actor.normalizer.update(torch.randn(500, actor.obs_size) * 0.5 + 0.1)
+    with torch.no_grad():
+        actor.policy_head.weight.mul_(20.0)
+    actor.eval()
+    interface = getattr(env.unwrapped, "interface", None)
+    info = ExportInfo(algorithm="td3" if kind == "deterministic" else "sac", task=task, config_hash="x",
+                      train_steps=0, train_return=0.0)
+    stats = export_policy(actor, interface, info, tmp_path / "p.onnx")
+    assert stats["parity_max_abs_diff"] <= 1e-5 and stats["parity_episodes"] >= 2
+    model = onnx.load(tmp_path / "p.onnx")
+    outputs = [o.name for o in model.graph.output]
+    expected = ["action"] + ([] if discrete else ["target"]) + (["h_out", "c_out"] if lstm else [])
+    assert outputs == expected
+    env.close()
+
+
+def test_offpolicy_benchmark_quick_mode_runs(tmp_path):
+    """``rlctl bench train-offpolicy --quick`` works (speed is not asserted; peers may be missing here)."""
+    import argparse
+
+    from rl_control.bench.train_offpolicy import run_offpolicy_bench
+
+    args = argparse.Namespace(algos="sac", parts="throughput,learning", envs="Pendulum-v1", rounds=1, steps=0,
+                              seeds=1, quick=True, worker=None, job=None)
+    report = run_offpolicy_bench(args)
+    ours = report["results"]["throughput"]["Pendulum-v1/sac"]["ours"]
+    assert ours["updates_per_cpu_s"]["median"] > 0 and ours["runs"][0]["updates"] == 50
+    assert np.isfinite(report["results"]["learning"]["sac"]["ours"]["return_median"])
+    assert "sb3" in report["results"]["learning"]["sac"] and "environment" in report

@@ -119,7 +119,8 @@ def test_discrete_soft_value_is_the_exact_expectation():
     logits = torch.log(torch.tensor([[0.25, 0.75]])) + 3.0  # logits are shift invariant
     assert M.discrete_soft_value(q, logits, 0.5).item() == pytest.approx(2.0311674, abs=1e-6)
     # Brute force: the same as averaging Q - alpha log pi over many sampled actions.
-    actions = torch.multinomial(torch.tensor([0.25, 0.75]), 200_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.multinomial(torch.tensor([0.25, 0.75]), 200_000, replacement=True, generator=gen)
     log_pi = torch.log(torch.tensor([0.25, 0.75]))[actions]
     assert (q[0, actions] - 0.5 * log_pi).mean().item() == pytest.approx(2.0311674, abs=5e-3)
 

@@ -79,7 +79,9 @@ class RecurrentSAC(OffPolicyAlgorithm):
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
     @torch.no_grad()
-    def explore(self, obs, state, starts, generator):
+    def explore(
+        self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, _, new_state = self.actor.step(obs, state, starts)
         mean, log_std = self.actor.split(out)
         action = M.squashed_gaussian_sample(mean, log_std, torch.randn(mean.shape, generator=generator))[0]

@@ -66,7 +66,9 @@ class SAC(OffPolicyAlgorithm):
 
     # ---- acting ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def explore(self, obs, state, starts, generator):
+    def explore(
+        self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, _, _ = self.actor.step(obs, None)
         if self.discrete:
             return torch.multinomial(torch.softmax(out, -1), 1, generator=generator).squeeze(-1), None

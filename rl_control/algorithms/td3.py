@@ -49,7 +49,9 @@ class TD3(OffPolicyAlgorithm):
                 "critic_target": self.critic_target}
 
     @torch.no_grad()
-    def explore(self, obs, state, starts, generator):
+    def explore(
+        self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, _, _ = self.actor.step(obs, None)
         action = self.actor.unit_action(out)
         noise = torch.randn(action.shape, generator=generator) * self.cfg.exploration_noise

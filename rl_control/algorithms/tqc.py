@@ -58,7 +58,9 @@ class TQC(OffPolicyAlgorithm):
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
     @torch.no_grad()
-    def explore(self, obs, state, starts, generator):
+    def explore(
+        self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, _, _ = self.actor.step(obs, None)
         mean, log_std = self.actor.split(out)
         return M.squashed_gaussian_sample(mean, log_std, torch.randn(mean.shape, generator=generator))[0], None

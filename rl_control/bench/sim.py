@@ -2,8 +2,10 @@
 
 For each task (HalfCheetah-v5 and our robot tasks) and each number of envs, measures env-steps/s of
 
-- ``ours``: :class:`sim.vector.ParallelVectorEnv` with its default worker count (one per core, at most one
-  per env; a single env in-process);
+- ``ours``: :class:`sim.vector.ParallelVectorEnv` with its defaults: worker processes (one per core, at
+  most one per env; a single env in-process), or, for envs with a GIL-releasing batched kernel
+  (HalfCheetah-v5), one thread per core in-process; for those ``ours procs`` also measures the
+  worker-process path;
 - ``sync`` / ``async``: Gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv`` (shared memory) over the
   same env factory;
 - ``envpool``: EnvPool's own HalfCheetah-v5 (only in the benchmark venv, ``make bench-setup``; reported as
@@ -35,18 +37,15 @@ ACTION_BATCHES = 16  # distinct random action batches cycled by every contender
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", help="comma-separated task ids (default: HalfCheetah-v5 and all robot tasks)")
+    parser.add_argument("--envs", help=f"comma-separated env counts (default: {','.join(map(str, DEFAULT_ENVS))})")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers out of sync,async,envpool")
+    # Many short rounds: the median then shrugs off bursts of other jobs on a shared machine.
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved measurement rounds (default 9)")
+    parser.add_argument("--seconds", type=float, default=0.2, help="seconds per measurement (default 0.2)")
     parser.add_argument(
-        "--tasks", help="comma-separated task ids (default: HalfCheetah-v5 and all robot tasks)"
+        "--workers", type=int, default=None, help="our worker processes (default: ParallelVectorEnv's choice)"
     )
-    parser.add_argument(
-        "--envs", help=f"comma-separated env counts (default: {','.join(map(str, DEFAULT_ENVS))})"
-    )
-    parser.add_argument(
-        "--peers", default=",".join(PEERS), help="comma-separated peers out of sync,async,envpool"
-    )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds (default 5)")
-    parser.add_argument("--seconds", type=float, default=0.3, help="seconds per measurement (default 0.3)")
-    parser.add_argument("--workers", type=int, default=None, help="our worker processes (default: per core)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
 
 
@@ -60,9 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tasks = _split(args.tasks) if args.tasks else [HALF_CHEETAH, *TASKS]
     if quick and not args.tasks:
         tasks = [HALF_CHEETAH, "pendulum_swingup"]
-    env_counts = (
-        [int(x) for x in _split(args.envs)] if args.envs else list(QUICK_ENVS if quick else DEFAULT_ENVS)
-    )
+    env_counts = [int(x) for x in _split(args.envs)] if args.envs else list(QUICK_ENVS if quick else DEFAULT_ENVS)
     rounds, seconds = (2, 0.05) if quick else (args.rounds, args.seconds)
     peers = _split(args.peers)
     unknown = sorted(set(peers) - set(PEERS))
@@ -80,13 +77,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = _measure_cell(task, n, peers, envpool, bound_per_core, cores, args.workers, rounds, seconds)
             rows.append(row)
             table.append(_table_row(row))
-            print(
-                f"  {task} x{n}: "
-                + ", ".join(f"{k} {common.fmt_rate(v)}" for k, v in row["_timings"].items())
-            )
+            print(f"  {task} x{n}: " + ", ".join(f"{k} {common.fmt_rate(v)}" for k, v in row["_timings"].items()))
 
-    columns = ["task", "envs", "ours", "sync", "async", "envpool", "bound", "ours/sync", "ours/async",
-               "ours/envpool", "ours/bound"]  # fmt: skip
+    columns = ["task", "envs", "ours", "ours procs", "sync", "async", "envpool", "bound", "ours/sync",
+               "ours/async", "ours/envpool", "ours/bound"]  # fmt: skip
     title = f"env-steps/s (median ±half range of {rounds} interleaved rounds, {cores} cores)"
     caption = (
         "bound = single-thread mj_step rate / frame skip x cores we use; ours/bound is the fraction of raw "
@@ -147,9 +141,7 @@ def _random_actions(space: Any, n: int, seed: int) -> np.ndarray:
 class _Stepper:
     """A vector env plus a cycling action source; ``rate()`` is one timed measurement."""
 
-    def __init__(
-        self, env: Any, actions: np.ndarray, n: int, seconds: float, close: Callable[[], None]
-    ) -> None:
+    def __init__(self, env: Any, actions: np.ndarray, n: int, seconds: float, close: Callable[[], None]) -> None:
         self.env, self.actions, self.n, self.seconds, self.close = env, actions, n, seconds, close
         self.i = 0
 
@@ -176,10 +168,15 @@ def _make_contenders(
     ours.reset()
     actions = _random_actions(ours.single_action_space, n, seed=n)
     steppers["ours"] = _Stepper(ours, actions, n, seconds, ours.close)
-    used_workers = default_workers(n) if workers is None else workers
     notes.update(
-        workers=used_workers, kernel=sorted(set(ours.kernels)), cores_used=max(1, min(used_workers, cores))
-    )
+        workers=ours.num_workers, threads=ours.threads, kernel=sorted(set(ours.kernels)),
+        cores_used=min(ours.parallelism, cores),
+    )  # fmt: skip
+    if ours.num_workers == 0 and ours.threads > 1 and n > 1:
+        # Ours defaults to kernel threads here; also show the worker-process path on the same envs.
+        procs = ParallelVectorEnv([fn] * n, default_workers(n), seed=0, threads=1)
+        procs.reset()
+        steppers["ours_procs"] = _Stepper(procs, actions, n, seconds, procs.close)
     if "sync" in peers:
         env = gym.vector.SyncVectorEnv([fn] * n)
         env.reset(seed=0)
@@ -218,9 +215,7 @@ def _raw_physics_contender(task: str, seconds: float) -> Callable[[], float] | N
     if not isinstance(model, mujoco.MjModel):
         return None  # not a MuJoCo env: no raw-physics bound
     frame_skip = int(raw.interface.substeps) if is_robot_task(task) else int(raw.frame_skip)
-    episode = int(
-        getattr(raw, "max_episode_steps", 0) or (env.spec.max_episode_steps if env.spec else 0) or 1000
-    )
+    episode = int(getattr(raw, "max_episode_steps", 0) or (env.spec.max_episode_steps if env.spec else 0) or 1000)
     # A private MjData starting from the env's reset state; episodes restart from it as in the envs.
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     start_state = np.empty(mujoco.mj_stateSize(model, spec))
@@ -256,9 +251,7 @@ def _measure_cell(
     rounds: int,
     seconds: float,
 ) -> dict[str, Any]:
-    steppers, notes = _make_contenders(
-        task, n, peers, bool(envpool and envpool.available), cores, workers, seconds
-    )
+    steppers, notes = _make_contenders(task, n, peers, bool(envpool and envpool.available), cores, workers, seconds)
     contenders: dict[str, Callable[[], float]] = {name: s.rate for name, s in steppers.items()}
     if bound_per_core is not None:
         contenders["bound_1core"] = bound_per_core
@@ -272,7 +265,7 @@ def _measure_cell(
         timings["bound"] = common.Timing([x * notes["cores_used"] for x in one.samples])
     med = {k: v.median for k, v in timings.items()}
     ratios = {
-        f"ours/{k}": common.ratio(med["ours"], med.get(k)) for k in ("sync", "async", "envpool", "bound")
+        f"ours/{k}": common.ratio(med["ours"], med.get(k)) for k in ("ours_procs", "sync", "async", "envpool", "bound")
     }
     return {"task": task, "num_envs": n, "median": med, "ratios": ratios, "notes": notes, "_timings": timings}
 
@@ -286,6 +279,7 @@ def _table_row(row: dict[str, Any]) -> list[str]:
         row["task"] + (" *" if notes.get("kernel") and notes["kernel"] != ["LoopKernel"] else ""),
         str(row["num_envs"]),
         common.fmt_rate(t.get("ours")),
+        common.fmt_rate(t.get("ours_procs")) if "ours_procs" in t else "= ours",
         common.fmt_rate(t.get("sync")),
         common.fmt_rate(t.get("async")),
         envpool,
@@ -307,7 +301,9 @@ def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         f"{'met' if bound_ok else 'NOT met'}",
         f"target HalfCheetah-v5 x16 ahead of EnvPool: ours/envpool {common.fmt_ratio(vs_pool)} -> "
         + ("met" if pool_ok else "NOT met" if vs_pool is not None else "not measured (EnvPool unavailable)"),
-        "* = stepped by a batched kernel (sim.vector_kernels); others call env.step per env",
+        "* = stepped by a batched kernel (sim.vector_kernels) on one thread per core in-process; "
+        "'ours procs' = the same kernel in worker processes (one per core, 1 thread each); other tasks "
+        "call env.step per env in worker processes",
     ]
     return {
         "lines": lines,
