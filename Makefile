@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 ROS_PKG := ros_ws/src/rl_policy_ros
 
-.PHONY: setup demo test test-fast lint bench bench-setup clean
+.PHONY: setup demo test test-fast lint bench-setup clean
 
 setup: $(STAMP)
 
