@@ -145,6 +145,9 @@ class RolloutWorker:
         # Actor processes hold Ray's gRPC threads: forking them is unsafe, so simulation processes inside a
         # worker come from a fork server (see sim/vector.py, design notes).
         extra = {"context": "forkserver"} if d.env_workers > 0 else {}
+        # One stepping thread per actor: Ray already places one actor per CPU, so the in-process kernel's
+        # default of one thread per core would oversubscribe a machine running several actors.
+        extra["threads"] = 1
         self.venv = make_vector_env(
             cfg.env.task, hi - lo, d.env_workers, cfg.env.randomization, seed=seed + lo, **extra
         )
