@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rl_control import ros_demo
@@ -44,3 +46,32 @@ def test_failed_run_is_a_reason_not_an_exception(tmp_path: Path) -> None:
     assert result["ok"] is False and "policy model not found" in result["reason"], result
     written = (tmp_path / "ros" / "closed_loop.json").read_text()
     assert '"ok": false' in written
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("task", ["arm_reach", "quadruped_walk"])
+def test_lockstep_closed_loop_equals_in_process_for_tasks_with_a_command(tmp_path: Path, task: str) -> None:
+    """The arm's target and the quadruped's velocity command reach the policy node through the simulator's
+    ``~/task_command``, in time for each episode's first step: in lockstep the ROS return equals the
+    in-process one on the same seeds (a missing, late or stale command changes it)."""
+    pytest.importorskip("rclpy")
+    from onnx_builders import linear_policy
+
+    from sim.tasks import make_env
+
+    env = make_env(task)
+    iface = env.unwrapped.interface
+    env.close()
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0.0, 0.3, (iface.obs_size, iface.action_size)).astype(np.float32)
+    command_rows = iface.term_slices()["command"]
+    weight[command_rows] = rng.normal(0.0, 2.0, weight[command_rows].shape)  # the command drives the action
+    model = linear_policy(tmp_path / f"{task}.onnx", weight, np.zeros(iface.action_size, np.float32), iface)
+    out = tmp_path / "ros" / "closed_loop.json"
+    cmd = [sys.executable, "-m", "rl_policy_ros.closed_loop", "--model", str(model), "--seconds", "1"]
+    cmd += ["--seeds", "1,2", "--mode", "lockstep", "--out", str(out)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    result = json.loads(out.read_text())
+    assert result["ok"], run.stdout + run.stderr
+    assert result["episodes"] == 2
+    assert abs(result["ros_return"] - result["sim_return"]) <= 1e-4 * abs(result["sim_return"]), result

@@ -65,7 +65,7 @@ RESULT_KEYS = (
     "note",
 )
 SIM_NAME, POLICY_NAME = "sim_hardware", "policy_node"
-JOINT_STATES, COMMANDS = "/joint_states", "/forward_command_controller/commands"
+JOINT_STATES, COMMANDS, IMU = "/joint_states", "/forward_command_controller/commands", "/imu"
 WATCHDOG_S = 0.2  # realtime: the policy node's watchdog; between episodes the operator waits for it to trip
 STARTUP_TIMEOUT_S = 90.0  # two Python processes importing onnxruntime/mujoco on a loaded 2-core machine
 STOP_TIMEOUT_S = 10.0
@@ -449,7 +449,15 @@ def in_process_returns(model: Path, seeds: Sequence[int]) -> tuple[list[float], 
 
 # ---- the closed loop ---------------------------------------------------------------------------------
 def _node_params(
-    model: Path, task: str, seeds: Sequence[int], mode: str, policy_dt: float, run_s: float
+    model: Path,
+    task: str,
+    seeds: Sequence[int],
+    mode: str,
+    policy_dt: float,
+    run_s: float,
+    num_joints: int,
+    command_size: int = 0,
+    imu: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parameters of the sim node and the policy node for a comparable, scored run."""
     lockstep = mode == "lockstep"
@@ -475,8 +483,19 @@ def _node_params(
         # Percentiles over the whole run (a few thousand steps at most here: cheap).
         "stats_window": int(min(50_000, max(2000, 1.5 * run_s / policy_dt))),
     }
+    if imu:
+        sim["imu_topic"] = policy["imu_topic"] = IMU
+    if command_size:
+        # Tasks with a command (the arm's target, the quadruped's base velocity): the simulator samples one per
+        # episode and publishes it at the episode start, before that episode's first JointState; zeros until then.
+        policy["task_command_topic"] = f"/{SIM_NAME}/task_command"
+        policy["default_task_command"] = [0.0] * command_size
     if lockstep:
         policy["use_sim_time"] = True
+        # Lockstep checks that the ROS path computes exactly what the in-process evaluation does; the rate limit
+        # (on by default for position joints) works on wall-clock time between steps, which lockstep does not
+        # keep, so it is off here. Real time keeps the deployment default.
+        policy["max_rate"] = [0.0] * num_joints
     return sim, policy
 
 
@@ -524,7 +543,17 @@ def run_closed_loop(
 
     env = ros_environment(out_dir / "ros_log", domain_id)
     use_in_this_process(env)
-    sim_params, policy_params = _node_params(model, task, seeds, mode, policy_dt, len(seeds) * episode_s)
+    sim_params, policy_params = _node_params(
+        model,
+        task,
+        seeds,
+        mode,
+        policy_dt,
+        len(seeds) * episode_s,
+        policy.interface.num_joints,
+        policy.interface.command_size,
+        policy.interface.imu,
+    )
     shm = ShmGuard(int(env["ROS_DOMAIN_ID"]))
     processes: list[NodeProcess] = []
     operator: Operator | None = None

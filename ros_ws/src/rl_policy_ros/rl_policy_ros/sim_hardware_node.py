@@ -49,6 +49,8 @@ LATCHED = QoSProfile(
 MAX_CATCH_UP_PERIODS = 2
 """Realtime mode: if the process fell further behind than this many policy periods, the lost time is
 dropped (simulated time slows down) instead of stepping a burst of physics."""
+COMMAND_SETTLE_S = 0.05
+"""Lockstep, tasks with a command: delay from publishing an episode's command to its first JointState."""
 
 
 class SimHardwareNode(Node):
@@ -72,6 +74,7 @@ class SimHardwareNode(Node):
         self._anchor = 0.0  # realtime: steady time at which the current stretch of physics started
         self._anchor_steps = 0  # physics steps taken since the anchor
         self._waiting_since = 0.0  # lockstep: when the current JointState was sent
+        self._episode_reading_sent = False  # the current episode's first JointState has been published
 
         self._joint_pub = self.create_publisher(JointState, cfg.joint_state_topic, RELIABLE)
         self._imu_pub = (
@@ -105,7 +108,7 @@ class SimHardwareNode(Node):
 
     def _start_episode(self) -> str:
         seed = self.robot.start_episode()
-        self._running = True
+        self._running, self._episode_reading_sent = True, False
         self._anchor, self._anchor_steps = time.monotonic(), 0
         if self.robot.interface.command_size:
             self._task_command_pub.publish(
@@ -113,7 +116,13 @@ class SimHardwareNode(Node):
             )
         message = f"episode {self.robot.episode} started (seed {seed})"
         self.get_logger().info(message)
-        self._publish_sensors()
+        if self.lockstep and self.robot.interface.command_size:
+            # The command and the first JointState travel on different topics, so the policy node could step on
+            # the previous episode's command. Lockstep promises determinism: let the resend check send the first
+            # reading COMMAND_SETTLE_S from now instead.
+            self._waiting_since = time.monotonic() - self.config.lockstep_resend + COMMAND_SETTLE_S
+        else:
+            self._publish_sensors()
         return message
 
     def _finish_episode(self) -> None:
@@ -145,8 +154,10 @@ class SimHardwareNode(Node):
 
     # ---- commands and physics --------------------------------------------------------------------
     def _on_command(self, msg: Float64MultiArray | JointTrajectory) -> None:
-        if self.lockstep and not self._running:
-            return  # between episodes: a stale command must not count for the next episode's first step
+        if self.lockstep and not (self._running and self._episode_reading_sent):
+            # Between episodes, or before this episode's first JointState went out: the command cannot answer
+            # it (e.g. the policy node's watchdog holding the robot), so it must not advance the physics.
+            return
         if isinstance(msg, JointTrajectory):
             if not msg.points:
                 error = "JointTrajectory without points"
@@ -193,11 +204,17 @@ class SimHardwareNode(Node):
 
     def _on_resend_check(self) -> None:
         if self._running and time.monotonic() - self._waiting_since > self.config.lockstep_resend:
+            if self._episode_reading_sent:
+                self.get_logger().warning(
+                    f"no command within {self.config.lockstep_resend:g} s of the last JointState: resending it",
+                    throttle_duration_sec=5.0,
+                )
             self._publish_sensors()
 
     # ---- sensors ---------------------------------------------------------------------------------
     def _publish_sensors(self) -> None:
         self._waiting_since = time.monotonic()
+        self._episode_reading_sent = True
         if self.lockstep:
             stamp = ros_common.ns_to_stamp(self.robot.sim_time_ns)
             self._clock_pub.publish(ClockMsg(clock=stamp))
@@ -206,14 +223,7 @@ class SimHardwareNode(Node):
         if not self._sensors_enabled:
             return
         reading = self.robot.read()
-        msg = JointState(
-            name=list(reading.names),
-            position=reading.position.tolist(),
-            velocity=reading.velocity.tolist(),
-            effort=reading.effort.tolist(),
-        )
-        msg.header.stamp = stamp
-        self._joint_pub.publish(msg)
+        # The Imu goes out first: a policy node triggered by JointState then steps with this period's Imu.
         if self._imu_pub is not None and reading.imu is not None:
             quat, gyro = reading.imu
             imu = Imu()
@@ -223,7 +233,14 @@ class SimHardwareNode(Node):
             )
             imu.angular_velocity.x, imu.angular_velocity.y, imu.angular_velocity.z = (float(v) for v in gyro)
             self._imu_pub.publish(imu)
-
+        msg = JointState(
+            name=list(reading.names),
+            position=reading.position.tolist(),
+            velocity=reading.velocity.tolist(),
+            effort=reading.effort.tolist(),
+        )
+        msg.header.stamp = stamp
+        self._joint_pub.publish(msg)
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: ``python -m rl_policy_ros.sim_hardware_node --ros-args --params-file FILE``."""
