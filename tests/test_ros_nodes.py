@@ -337,6 +337,9 @@ def test_lifecycle_transitions(launch: Callable[..., NodeProcess], probe: Probe,
     assert probe.spin_until(
         lambda: any(is_close(c, ARM_POLICY_TARGETS) for c in probe.commands_since(t_active)), 5
     )
+    # Real-time scheduling where permitted (thread_priority 50 by default), else normal and why.
+    scheduling = probe.diag("lc_policy")[2]["scheduling"]
+    assert scheduling.startswith("SCHED_FIFO 50 (") or "SCHED_FIFO 50 not permitted" in scheduling, scheduling
 
     assert probe.transition("lc_policy", Transition.TRANSITION_DEACTIVATE)
     t_deactivated = time.monotonic()

@@ -65,6 +65,8 @@ RESULT_KEYS = (
     "note",
 )
 SIM_NAME, POLICY_NAME = "sim_hardware", "policy_node"
+LOCKSTEP_SLOW_STEP_S = 0.5
+"""Lockstep: the slowest round trip (command -> physics -> JointState -> policy) the episode timeout allows."""
 JOINT_STATES, COMMANDS, IMU = "/joint_states", "/forward_command_controller/commands", "/imu"
 WATCHDOG_S = 0.2  # realtime: the policy node's watchdog; between episodes the operator waits for it to trip
 STARTUP_TIMEOUT_S = 90.0  # two Python processes importing onnxruntime/mujoco on a loaded 2-core machine
@@ -566,7 +568,16 @@ def run_closed_loop(
         )
         operator = Operator(processes)
         result = _score(
-            operator, seeds, sim_returns, episode_s, policy_dt, mode, startup_timeout, sim_params["sensor_rate"], log
+            operator,
+            seeds,
+            sim_returns,
+            episode_s,
+            policy_dt,
+            mode,
+            startup_timeout,
+            sim_params["sensor_rate"],
+            policy_params,
+            log,
         )
     finally:
         with uninterruptible():
@@ -588,6 +599,7 @@ def _score(
     mode: str,
     startup_timeout: float,
     sensor_rate: float,
+    policy_params: dict[str, Any],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     from std_msgs.msg import Float64, Float64MultiArray
@@ -612,7 +624,14 @@ def _score(
         d = op.policy_diag()
         if d is None or d[1].get("lifecycle_state") != "active":
             return False
-        return diag_number(d[1], "joint_state_publishers") >= 1 and diag_number(d[1], "command_subscribers") >= 2
+        # Tasks with an Imu or a task command: those subscriptions too (a command published before its
+        # subscription matched is lost, and the first episode then ran on the default command).
+        needed = {"joint_state_publishers": 1, "command_subscribers": 2}
+        if "imu_topic" in policy_params:
+            needed["imu_publishers"] = 1
+        if "task_command_topic" in policy_params:
+            needed["task_command_publishers"] = 1
+        return all(diag_number(d[1], key) >= count for key, count in needed.items())
 
     op.spin_until(
         connected,
@@ -623,6 +642,12 @@ def _score(
     op.client(Trigger, reset_srv)
     op.client(Trigger, start_srv)
     settle = 0.5 if mode == "lockstep" else WATCHDOG_S + 3 * policy_dt
+    episode_timeout = 2.0 * episode_s + 20.0
+    if mode == "lockstep":
+        # Lockstep runs as fast as the two processes answer each other, but in some runs (about one in six here,
+        # with either executor, UDP or shared memory) every JointState reached the policy node ~0.33 s late for
+        # the whole run: still exact, only slow. Allow that instead of failing.
+        episode_timeout = max(episode_timeout, LOCKSTEP_SLOW_STEP_S * episode_s / policy_dt + 20.0)
     last_end = time.monotonic()
     for i, seed in enumerate(seeds):
         # Realtime: wait until the watchdog holds the policy (no fresh JointState), so the recurrent state
@@ -634,7 +659,7 @@ def _score(
         commands["counting"] = True  # from the episode's start (within a few ms) to its return message
         if not answer.success:
             raise ClosedLoopError(f"the simulator refused episode {i}: {answer.message}")
-        op.spin_until(lambda i=i: len(returns) > i, 2.0 * episode_s + 20.0, f"the end of episode {i} (seed {seed})")
+        op.spin_until(lambda i=i: len(returns) > i, episode_timeout, f"the end of episode {i} (seed {seed})")
         commands["counting"] = False
         last_end = time.monotonic()
         log(f"episode {i + 1}/{len(seeds)} (seed {seed}): ROS return {returns[i]:.2f}, in-process {sim_returns[i]:.2f}")

@@ -43,7 +43,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from deploy.runtime import OnnxPolicy, PolicyError
-from rl_policy_ros import ros_common
+from rl_policy_ros import ros_common, scheduling
 from rl_policy_ros.config import EXECUTORS, POLICY_PARAMS, ParameterError, PolicyNodeConfig
 from rl_policy_ros.controller import IncompatibleModelError, PolicyController, RobotSpec, StepResult
 from rl_policy_ros.safety import SafetyConfig, SafetyConfigError
@@ -69,11 +69,12 @@ class PolicyNode(LifecycleNode):
         self._entities: list = []  # subscriptions/services/publishers created at configure
         self._timers: list = []
         self._command_pub = None
-        self._joint_sub = None
+        self._joint_sub = self._imu_sub = self._task_command_sub = None
         self._output_is_array = True
         self._active = False
         self._last_step = -float("inf")  # monotonic time of the latest control step
         self._watchdog_period = 0.1
+        self._scheduling = scheduling.SchedulingResult(False, "normal scheduling")
         # Diagnostics run from construction on, so a refused configure is visible on /diagnostics.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = self._params.get("diagnostics_period")
@@ -142,11 +143,13 @@ class PolicyNode(LifecycleNode):
             self.create_service(Trigger, "~/reset", self._on_reset_service),
         ]
         if cfg.imu_topic:
-            self._entities.append(self.create_subscription(Imu, cfg.imu_topic, self._on_imu, sensor_qos))
+            self._imu_sub = self.create_subscription(Imu, cfg.imu_topic, self._on_imu, sensor_qos)
+            self._entities.append(self._imu_sub)
         if cfg.task_command_topic:
-            self._entities.append(
-                self.create_subscription(Float64MultiArray, cfg.task_command_topic, self._on_task_command, 10)
+            self._task_command_sub = self.create_subscription(
+                Float64MultiArray, cfg.task_command_topic, self._on_task_command, 10
             )
+            self._entities.append(self._task_command_sub)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.controller is None or self.config is None:  # cannot happen from "inactive"; be explicit
@@ -198,6 +201,13 @@ class PolicyNode(LifecycleNode):
             self._publish(self.controller.safe_step(self._now(), reason))
         self._active = False
 
+    def _set_scheduling(self, priority: int) -> None:
+        self._scheduling = scheduling.set_process_priority(priority)
+        if priority and not self._scheduling.realtime:
+            self.get_logger().warning(self._scheduling.description)
+        elif priority:
+            self.get_logger().info(f"control threads at {self._scheduling.description}")
+
     def _destroy_interfaces(self) -> None:
         for timer in self._timers:
             self.destroy_timer(timer)
@@ -211,7 +221,7 @@ class PolicyNode(LifecycleNode):
                 self.destroy_subscription(entity)
         self._entities = []
         self._command_pub = None
-        self._joint_sub = None
+        self._joint_sub = self._imu_sub = self._task_command_sub = None
 
     def shutdown_safely(self) -> None:
         """On process exit (SIGINT/SIGTERM): send the safe command if the node is driving the robot."""
@@ -365,10 +375,13 @@ class PolicyNode(LifecycleNode):
             name=f"{self.get_name()}: policy", hardware_id=str(self._params.get("model_path"))
         )
         lifecycle = self.lifecycle_state()
-        values = {"lifecycle_state": lifecycle}
+        values = {"lifecycle_state": lifecycle, "scheduling": self._scheduling.description}
         if self._joint_sub is not None and self._command_pub is not None:
             # Matched endpoints: is a driver publishing joint states, and is anything taking the commands?
             values["joint_state_publishers"] = str(self._joint_sub.get_publisher_count())
+            for key, sub in (("imu_publishers", self._imu_sub), ("task_command_publishers", self._task_command_sub)):
+                if sub is not None:
+                    values[key] = str(sub.get_publisher_count())
             values["command_subscribers"] = str(self._command_pub.get_subscription_count())
         if self.controller is None:
             status.level = DiagnosticStatus.ERROR if self.error else DiagnosticStatus.WARN
@@ -415,6 +428,11 @@ def main(args: list[str] | None = None) -> int:
 
     # The config is validated at configure; an invalid executor name makes configure refuse (naming the
     # parameter) while the node keeps spinning on the conservative executor to report it.
+    priority = node._params.get("thread_priority")
+    if isinstance(priority, int) and not isinstance(priority, bool) and 0 < priority <= 99:
+        # Before spinning, for the process's lifetime, as `chrt -f` would. (Changed from inside the activate
+        # transition instead, the node's diagnostics timer stopped after the next deactivate in tests here.)
+        node._set_scheduling(priority)
     kind = node._params.get("executor")
     kind = kind if kind in EXECUTORS else "single_threaded"
     return ros_common.spin_until_signal(node, on_start=start, on_stop=node.shutdown_safely, executor_kind=kind)
