@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="events",
         help="the nodes' rclpy executor (parameter `executor`; default events)",
     )
+    parser.add_argument(
+        "--thread-priority",
+        type=int,
+        default=50,
+        help="the policy node's `thread_priority` parameter: SCHED_FIFO it asks for itself where permitted "
+        "(default 50, the node's default); 0 = normal scheduling",
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep models, node logs and raw results in DIR")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
 
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "rl_policy_ros.loop_bench", "--out", str(out), "--workdir", str(work / "nodes")]
         cmd += ["--seconds", str(seconds), "--latency-seconds", str(latency_s), "--block-seconds", str(block_s)]
         cmd += ["--transport", args.transport, "--rt-priority", str(args.rt_priority), "--executor", args.executor]
+        cmd += ["--thread-priority", str(args.thread_priority)]
         for rate, model in zip(rates, models, strict=True):
             cmd += ["--model", f"{rate:g}={model}"]
         print(
@@ -162,7 +170,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "meets target",
     ]
     load = [r["timer"]["load_average"][0] for r in results]
-    sched = f"SCHED_FIFO {args.rt_priority}" if args.rt_priority > 0 else "normal scheduling"
+    sched = f"processes at SCHED_FIFO {args.rt_priority}" if args.rt_priority > 0 else "processes started normally"
+    node_sched = sorted({r["timer"].get("policy_scheduling", "unknown") for r in results})
+    sched += f", policy node: {' / '.join(node_sched)} (thread_priority {args.thread_priority})"
     caption = (
         f"{seconds:g} s timer loop + {latency_s:g} s round trips per rate, 2 processes (+ this one), Fast DDS "
         f"{measured['transport']} on localhost, {sched}, {measured['executor']} executor; "
@@ -186,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         transport=measured["transport"],
         rt_priority=measured["rt_priority"],
         executor=measured["executor"],
+        thread_priority=measured.get("thread_priority"),
         ros_domain_id=measured["ros_domain_id"],
         targets={
             "jitter_p99_ms_max": TARGET_JITTER_P99_MS,

@@ -110,6 +110,7 @@ def timer_phase(
     workdir: Path,
     rt_priority: int = 0,
     executor: str = "events",
+    thread_priority: int = 50,
 ) -> dict[str, Any]:
     """Phase 1: the deployed loop (sim node + policy node on its timer); see the module docstring."""
     window = max(1, round(rate * block_s))
@@ -137,6 +138,7 @@ def timer_phase(
                 "diagnostics_period": float(block_s),
                 "stats_window": window,
                 "executor": executor,
+                "thread_priority": thread_priority,
             },
         ),
     ]
@@ -214,6 +216,7 @@ def _summarize_timer(rate: float, blocks: list[Block], window: int, codes: list[
         "safe_blocks": len(unsafe),
         "safe_reasons": sorted(set(unsafe)),
         "exit_codes": codes,
+        "policy_scheduling": last.values.get("scheduling", "unknown"),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -227,6 +230,7 @@ def latency_phase(
     workdir: Path,
     rt_priority: int = 0,
     executor: str = "events",
+    thread_priority: int = 50,
 ) -> dict[str, Any]:
     """Phase 2: JointState from here -> policy node (one step per message) -> command back here."""
     from rclpy.clock import Clock, ClockType
@@ -246,6 +250,7 @@ def latency_phase(
                 "soft_start_time": 0.0,
                 "diagnostics_period": 1.0,
                 "executor": executor,
+                "thread_priority": thread_priority,
             },
         )
     ]
@@ -328,6 +333,7 @@ def run(
     transport: str = "udp",
     rt_priority: int = 0,
     executor: str = "events",
+    thread_priority: int = 50,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Both phases for every (rate, model); returns the JSON payload.
@@ -351,14 +357,14 @@ def run(
             iface = OnnxPolicy(model).interface
             if iface is None or abs(iface.policy_dt * rate - 1.0) > 1e-6:
                 raise ClosedLoopError(f"{model}: its policy period is not 1/{rate:g} s")
-            timer = timer_phase(model, rate, seconds, block_s, env, workdir, rt_priority, executor)
+            timer = timer_phase(model, rate, seconds, block_s, env, workdir, rt_priority, executor, thread_priority)
             log(
                 f"{rate:g} Hz timer loop: {timer['achieved_hz']:.1f} Hz achieved, jitter p50/p99 "
                 f"{timer['jitter_p50_ms']:.3f}/{timer['jitter_p99_ms']:.3f} ms, {timer['deadline_misses']} deadline "
                 f"misses, policy node CPU {timer['policy_cpu_percent']:.1f}%"
             )
             latency = latency_phase(
-                model, rate, latency_seconds, iface.joint_names, env, workdir, rt_priority, executor
+                model, rate, latency_seconds, iface.joint_names, env, workdir, rt_priority, executor, thread_priority
             )
             log(
                 f"{rate:g} Hz sensor-to-command: p50 {latency['latency_p50_ms']:.3f} ms, p99 "
@@ -374,6 +380,7 @@ def run(
         "transport": transport,
         "rt_priority": rt_priority,
         "executor": executor,
+        "thread_priority": thread_priority,
         "seconds": seconds,
         "latency_seconds": latency_seconds,
         "block_seconds": block_s,
@@ -405,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--transport", choices=("udp", "shm"), default="udp", help="Fast DDS transport")
     p.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the processes; 0 = normal")
     p.add_argument("--executor", choices=EXECUTORS, default="events", help="the nodes' executor parameter")
+    p.add_argument("--thread-priority", type=int, default=50, help="the policy node's thread_priority parameter")
     p.add_argument("--out", type=Path, required=True, help="result JSON")
     p.add_argument("--workdir", type=Path, help="node logs and params (default: next to --out)")
     args = p.parse_args(argv)
@@ -420,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.transport,
                 args.rt_priority,
                 args.executor,
+                args.thread_priority,
             )
             payload["ok"] = True
             code = 0
