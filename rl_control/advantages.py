@@ -6,6 +6,7 @@ Termination and truncation are separate: a terminated step has no future value; 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -41,9 +42,12 @@ def gae(
     # After an episode end the next row belongs to a new episode: use the final observation's value.
     next_values = torch.where(truncated, final_values, next_values)
     deltas = rewards + gamma * (1.0 - term) * next_values - values
+    decay = gamma * lam * (1.0 - done)
+    # The backward recursion runs on numpy views: T tiny steps, where torch's per-op overhead dominates.
     advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
+    adv, d, k = advantages.numpy(), deltas.detach().numpy(), decay.detach().numpy()
+    running = np.zeros_like(d[0])
     for t in range(T - 1, -1, -1):
-        running = deltas[t] + gamma * lam * (1.0 - done[t]) * running
-        advantages[t] = running
+        running = d[t] + k[t] * running
+        adv[t] = running
     return advantages, advantages + values

@@ -20,7 +20,8 @@ from rl_control.advantages import gae
 
 @dataclass(frozen=True)
 class Minibatch:
-    """One minibatch. Recurrent: leading axes [bptt_len, S]; feed-forward: [M]. ``mask`` matches them."""
+    """One minibatch. Recurrent: leading axes [bptt_len, S]; feed-forward: [M]. ``mask`` matches them
+    (all ones for feed-forward minibatches, which are never padded)."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -91,11 +92,18 @@ class RolloutBuffer:
     def _flat_minibatches(self, num_minibatches: int, rng: np.random.Generator) -> Iterator[Minibatch]:
         total = self.T * self.N
         order = torch.from_numpy(rng.permutation(total))
-        flat = {k: getattr(self, k).reshape(total, *getattr(self, k).shape[2:]) for k in _FIELDS}
+        # All fields side by side in one [total, F] table: one row gather per minibatch instead of one per
+        # field; the fields are column views of the gathered rows.
+        flat = [getattr(self, k).reshape(total, -1) for k in _FIELDS]
+        table = torch.cat(flat, dim=1)
+        widths = [f.shape[1] for f in flat]
+        shapes = [getattr(self, k).shape[2:] for k in _FIELDS]
         for idx in torch.tensor_split(order, num_minibatches):
-            yield Minibatch(
-                **{_FIELD_NAMES.get(k, k): v[idx] for k, v in flat.items()}, mask=torch.ones(len(idx)), state=None
-            )
+            rows = table.index_select(0, idx)
+            columns = torch.split(rows, widths, dim=1)
+            fields = {_FIELD_NAMES.get(k, k): c.reshape(len(idx), *shape)
+                      for k, c, shape in zip(_FIELDS, columns, shapes, strict=True)}
+            yield Minibatch(**fields, mask=torch.ones(len(idx)), state=None)
 
     def segments(self, bptt_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Start step, env index and length of every segment (cut at episode starts and every bptt_len)."""

@@ -14,9 +14,12 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log N(action; mean, exp(log_std)^2), diagonal, summed over the last axis."""
+    """log N(action; mean, exp(log_std)^2), diagonal, summed over the last axis.
+
+    ``log_std`` may be [A] (state-independent): its terms are then summed once, not once per sample.
+    """
     z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+    return -0.5 * z.pow(2).sum(-1) - (log_std.sum(-1) + 0.5 * _LOG_2PI * mean.shape[-1])
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from rl_control.evaluation import TorchPolicy, evaluate
 from rl_control.metrics import MetricsLogger
 from rl_control.networks import ActorCritic
 from rl_control.normalizer import RewardScaler
+from rl_control.rollout_policy import numpy_rollout_policy
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
 
@@ -94,6 +95,14 @@ def make_progress(show: bool) -> Progress:
         TextColumn("{task.completed:,}/{task.total:,} steps"), TimeElapsedColumn(), TimeRemainingColumn(),
         disable=not show, transient=False,
     )
+
+
+class _BufferViews:
+    """Numpy views of a rollout buffer's per-step fields: a numpy row write costs far less than torch's."""
+
+    def __init__(self, buffer: RolloutBuffer) -> None:
+        for name in ("obs", "actions", "log_probs", "values", "out", "starts", "rewards", "terminated", "truncated"):
+            setattr(self, name, getattr(buffer, name).numpy())
 
 
 @dataclass
@@ -188,43 +197,64 @@ class Runner:
         return path
 
     # ---- collection ----------------------------------------------------------------------------------
-    def _collect(self, buffer: RolloutBuffer, obs: np.ndarray, starts: torch.Tensor, state, episode_stats):
+    def _collect(self, buffer: RolloutBuffer, obs: np.ndarray, starts, state, episode_stats):
+        """Fill ``buffer`` with ``buffer.T`` steps of every env; returns (obs, starts, state, reward-term means).
+
+        Per-step work is kept in numpy (buffer writes go through numpy views of the buffer's tensors); the
+        policy runs through its numpy twin when it has one (feed-forward Gaussian), else through ``act``.
+        """
         policy, venv = self.policy, self.venv
-        term_sums: dict[str, float] = {}
+        twin = numpy_rollout_policy(policy)
+        views = _BufferViews(buffer)
+        starts = np.array(starts, dtype=bool)  # also accepts the runner's initial torch tensor
+        low, high = policy.action_low.numpy(), policy.action_high.numpy()
+        reward_scale = self.cfg.algo.reward_scale
+        term_sums: dict[str, np.ndarray] = {}
         for t in range(buffer.T):
-            obs_t = torch.from_numpy(obs)
-            if state is not None:
-                state = state * (~starts).float().view(1, 1, -1, 1)
-                buffer.states[t] = state
-            action, log_prob, value, out, state = policy.act(obs_t, state, None, self.torch_gen)
-            env_action = action.numpy() if policy.discrete else policy.clip_action(action).numpy()
+            with torch.inference_mode():
+                if twin is not None:
+                    noise = torch.randn((len(obs), policy.action_size), generator=self.torch_gen).numpy()
+                    action, log_prob, value, out = twin.act(obs, noise)
+                else:
+                    if state is not None:
+                        state = state * torch.from_numpy(~starts).float().view(1, 1, -1, 1)
+                        buffer.states[t] = state
+                    action_t, log_prob_t, value_t, out_t, state = policy.act(
+                        torch.from_numpy(obs), state, None, self.torch_gen
+                    )
+                    action, log_prob, value, out = (x.numpy() for x in (action_t, log_prob_t, value_t, out_t))
+            env_action = action if policy.discrete else np.minimum(np.maximum(action, low), high)
+            views.obs[t], views.actions[t], views.log_probs[t] = obs, action, log_prob
+            views.values[t], views.out[t], views.starts[t] = value, out, starts
             obs, reward, terminated, truncated, info = venv.step(env_action)
-            term_t, trunc_t = torch.from_numpy(terminated), torch.from_numpy(truncated)
-            buffer.obs[t], buffer.actions[t], buffer.log_probs[t] = obs_t, action, log_prob
-            buffer.values[t], buffer.out[t], buffer.starts[t] = value, out, starts
-            rewards = torch.from_numpy(reward).float() * self.cfg.algo.reward_scale
-            if self.reward_scaler is not None:
-                rewards = self.reward_scaler(rewards, term_t | trunc_t)
-            buffer.rewards[t] = rewards
-            buffer.terminated[t], buffer.truncated[t] = term_t, trunc_t
-            if truncated.any():
-                idx = torch.from_numpy(np.nonzero(truncated)[0])
-                final_obs = torch.from_numpy(info["final_obs"][idx.numpy()])
-                sub_state = None if state is None else state[:, :, idx]
-                with torch.no_grad():
-                    buffer.final_values[t, idx] = policy.value_only(final_obs, sub_state)
             done = terminated | truncated
-            record_episodes(info, done, episode_stats)
+            rewards = reward.astype(np.float32) * np.float32(reward_scale)
+            if self.reward_scaler is not None:
+                rewards = self.reward_scaler(torch.from_numpy(rewards), torch.from_numpy(done)).numpy()
+            views.rewards[t], views.terminated[t], views.truncated[t] = rewards, terminated, truncated
+            if truncated.any():
+                self._bootstrap_truncated(buffer, t, truncated, info["final_obs"], state)
+            if done.any():
+                record_episodes(info, done, episode_stats)
             for name, values in info.get("reward_terms", {}).items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(np.mean(values))
-            starts = torch.from_numpy(done)
+                term_sums[name] = term_sums.get(name, 0.0) + values  # per-env sums; averaged once at the end
+            starts = done
         with torch.no_grad():
             if state is not None:
-                state = state * (~starts).float().view(1, 1, -1, 1)
+                state = state * torch.from_numpy(~starts).float().view(1, 1, -1, 1)
             last_values = policy.value_only(torch.from_numpy(obs), state)
         buffer.compute_returns(last_values, self.cfg.algo.gamma, self.cfg.algo.gae_lambda)
-        term_means = {f"reward_terms/{k}": v / buffer.T for k, v in term_sums.items()}
-        return obs, starts, state, term_means
+        term_means = {f"reward_terms/{k}": float(np.mean(v, dtype=np.float64)) / buffer.T for k, v in term_sums.items()}
+        return obs, torch.from_numpy(starts), state, term_means
+
+    def _bootstrap_truncated(self, buffer: RolloutBuffer, t: int, truncated: np.ndarray, final_obs: np.ndarray,
+                             state: torch.Tensor | None) -> None:
+        """V of the real final observation of envs cut at step t (their next row is a new episode)."""
+        idx = np.nonzero(truncated)[0]
+        sub_state = None if state is None else state[:, :, torch.from_numpy(idx)]
+        with torch.no_grad():
+            values = self.policy.value_only(torch.from_numpy(final_obs[idx]), sub_state)
+        buffer.final_values[t, torch.from_numpy(idx)] = values
 
     # ---- main loop -----------------------------------------------------------------------------------
     def evaluate_now(self, episodes: int | None = None) -> dict:

@@ -14,6 +14,21 @@ from rl_control.buffers import Minibatch, RolloutBuffer
 from rl_control.config import PPOConfig
 from rl_control.networks import ActorCritic
 
+STAT_NAMES = ("loss/policy", "loss/value", "entropy", "kl", "clip_fraction")
+_KL = STAT_NAMES.index("kl")
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale gradients so their global L2 norm is at most ``max_norm`` (as torch's clip_grad_norm_,
+    without its per-call device/dtype grouping, which costs more than the arithmetic at this size)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
 
 class PPO:
     """PPO update step. The runner collects rollouts; this class only learns from them."""
@@ -31,24 +46,29 @@ class PPO:
             return self.cfg.lr * max(0.0, 1.0 - self.iteration / self.total_iterations)
         return self.cfg.lr
 
-    def _minibatch_loss(self, mb: Minibatch, old_log_std: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def _minibatch_loss(
+        self, mb: Minibatch, old_log_std: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, detached stats [len(STAT_NAMES)]); stats stay tensors so there is no .item() per minibatch."""
         cfg, policy = self.cfg, self.policy
+        mask = None if mb.state is None else mb.mask  # feed-forward minibatches are never padded
         out, values, _ = policy(mb.obs, mb.state)
         log_prob, entropy = policy.distribution(out, mb.actions)
         ratio = torch.exp(log_prob - mb.log_probs)
-        adv = losses.normalize_advantages(mb.advantages, mb.mask) if cfg.normalize_advantages else mb.advantages
-        kl = policy.kl(mb.old_out, out, old_log_std)
+        adv = losses.normalize_advantages(mb.advantages, mask) if cfg.normalize_advantages else mb.advantages
         if cfg.surrogate == "clip":
-            pg_loss = losses.ppo_clip_loss(ratio, adv, cfg.clip_range, mb.mask)
+            pg_loss = losses.ppo_clip_loss(ratio, adv, cfg.clip_range, mask)
+            with torch.no_grad():  # only a statistic here: keep it out of the autograd graph
+                kl = policy.kl(mb.old_out, out.detach(), old_log_std)
         else:
-            pg_loss = losses.kl_penalty_loss(ratio, adv, kl, self.beta, mb.mask)
-        v_loss = losses.value_loss(values, mb.values, mb.returns, mb.mask, cfg.clip_value)
-        ent = losses.masked_mean(entropy, mb.mask)
+            kl = policy.kl(mb.old_out, out, old_log_std)
+            pg_loss = losses.kl_penalty_loss(ratio, adv, kl, self.beta, mask)
+        v_loss = losses.value_loss(values, mb.values, mb.returns, mask, cfg.clip_value)
+        ent = losses.masked_mean(entropy, mask)
         loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * ent
         with torch.no_grad():
-            clip_frac = losses.masked_mean(((ratio - 1.0).abs() > cfg.clip_range).float(), mb.mask)
-        stats = {"loss/policy": pg_loss.item(), "loss/value": v_loss.item(), "entropy": ent.item(),
-                 "kl": losses.masked_mean(kl, mb.mask).item(), "clip_fraction": clip_frac.item()}
+            clip_frac = losses.masked_mean(((ratio - 1.0).abs() > cfg.clip_range).float(), mask)
+            stats = torch.stack([pg_loss, v_loss, ent, losses.masked_mean(kl, mask), clip_frac])
         return loss, stats
 
     def update(self, buffer: RolloutBuffer, rng: np.random.Generator) -> dict[str, float]:
@@ -56,25 +76,25 @@ class PPO:
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate()
         old_log_std = policy.log_std.detach().clone() if policy.log_std is not None else None
-        totals: dict[str, float] = {}
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        totals = torch.zeros(len(STAT_NAMES))
         count, stopped_early = 0, False
         for _ in range(cfg.epochs):
-            epoch_kl, epoch_n = 0.0, 0
+            epoch_totals, epoch_n = torch.zeros(len(STAT_NAMES)), 0
             for mb in buffer.minibatches(cfg.minibatches, cfg.bptt_len, rng):
                 loss, stats = self._minibatch_loss(mb, old_log_std)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                clip_grad_norm(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                count += 1
-                epoch_kl += stats["kl"]
+                epoch_totals += stats
                 epoch_n += 1
-            if cfg.kl_early_stop is not None and epoch_kl / epoch_n > cfg.kl_early_stop:
+            totals += epoch_totals
+            count += epoch_n
+            if cfg.kl_early_stop is not None and epoch_totals[_KL].item() / epoch_n > cfg.kl_early_stop:
                 stopped_early = True
                 break
-        result = {k: v / count for k, v in totals.items()}
+        result = dict(zip(STAT_NAMES, (totals / count).tolist(), strict=True))
         if cfg.surrogate == "kl_penalty":
             self.beta = losses.adaptive_kl_beta(self.beta, result["kl"], cfg.kl_target)
             result["kl_beta"] = self.beta
