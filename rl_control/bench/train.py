@@ -1,4 +1,5 @@
-"""Training throughput and return: our PPO / LSTM-PPO vs Stable-Baselines3 PPO / sb3-contrib RecurrentPPO.
+"""Training throughput and return: our PPO / LSTM-PPO vs Stable-Baselines3 PPO / sb3-contrib RecurrentPPO, and
+(suites sac, td3, tqc, run by :mod:`rl_control.bench.train_offpolicy`) our SAC / TD3 / TQC vs SB3 / sb3-contrib.
 
 Each contender trains in its own subprocess (fresh interpreter, one torch thread, same seed), runs
 interleaved A, B, A, B, ...; the same hyper-parameters on the same Gymnasium env; our runner steps its envs
@@ -36,6 +37,7 @@ HPARAMS = {
     "hidden": 64,
     "lstm_hidden": 64,
 }
+OFFPOLICY_SUITES = ("sac", "td3", "tqc")
 SUITES = {
     # name: (env id, recurrent?, default budget)
     "mlp": ("InvertedPendulum-v5", False, 40_960),
@@ -46,8 +48,18 @@ SUITES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suites",
-        default="mlp,lstm,acktr",
-        help="comma-separated: mlp (PPO), lstm (recurrent PPO), acktr (K-FAC vs Adam update time)",
+        default="mlp,lstm,acktr,sac,td3,tqc",
+        help="comma-separated: mlp (PPO), lstm (recurrent PPO), acktr (K-FAC vs Adam update time), sac, td3, tqc "
+        "(off-policy: update throughput and return vs SB3 / sb3-contrib, rl_control.bench.train_offpolicy)",
+    )
+    parser.add_argument(
+        "--offpolicy-envs", default="Pendulum-v1,HalfCheetah-v5", help="envs of the off-policy throughput part"
+    )
+    parser.add_argument(
+        "--offpolicy-parts", default="throughput,learning", help="off-policy parts: throughput, learning"
+    )
+    parser.add_argument(
+        "--offpolicy-steps", type=int, default=0, help="off-policy learning budget in env steps (default 20k)"
     )
     parser.add_argument("--steps", type=int, default=0, help="env steps per run (default: per suite)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per contender")
@@ -229,7 +241,12 @@ def run(args: argparse.Namespace) -> dict:
     sb3 = common.peer_status("stable-baselines3", "stable_baselines3")
     contrib = common.peer_status("sb3-contrib", "sb3_contrib")
     results = {}
-    suites = args.suites.split(",")
+    suites = [s for s in args.suites.split(",") if s]
+    unknown = sorted(set(suites) - set(SUITES) - {"acktr", *OFFPOLICY_SUITES})
+    if unknown:
+        raise SystemExit(f"bench train: unknown suite(s) {unknown}; known: {[*SUITES, 'acktr', *OFFPOLICY_SUITES]}")
+    offpolicy_algos = [s for s in suites if s in OFFPOLICY_SUITES]
+    suites = [s for s in suites if s not in OFFPOLICY_SUITES]
     acktr = None
     if "acktr" in suites:
         from rl_control.bench.acktr import run_acktr_overhead
@@ -280,11 +297,27 @@ def run(args: argparse.Namespace) -> dict:
                     "",
                 ]
             )
-    common.print_table(
-        "bench train: PPO vs SB3 (env-steps/s incl. updates, 1 torch thread)",
-        ["suite", "env", "contender", "steps/s", "eval return", "x SB3", "note"],
-        rows,
-    )
+    if rows:
+        common.print_table(
+            "bench train: PPO vs SB3 (env-steps/s incl. updates, 1 torch thread)",
+            ["suite", "env", "contender", "steps/s", "eval return", "x SB3", "note"],
+            rows,
+        )
+    offpolicy = None
+    if offpolicy_algos:
+        from rl_control.bench.train_offpolicy import run_offpolicy_bench
+
+        offpolicy = run_offpolicy_bench(
+            argparse.Namespace(
+                algos=",".join(offpolicy_algos),
+                parts=args.offpolicy_parts,
+                envs=args.offpolicy_envs,
+                rounds=args.repeats,
+                steps=args.offpolicy_steps,
+                seeds=1,
+                quick=args.quick,
+            )
+        )
     return common.finish_report(
         report,
         [sb3, contrib],
@@ -292,6 +325,7 @@ def run(args: argparse.Namespace) -> dict:
         hyperparameters=HPARAMS,
         results=results,
         acktr_overhead=acktr,
+        offpolicy=offpolicy,
     )
 
 
