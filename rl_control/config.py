@@ -210,9 +210,14 @@ class DistributedConfig(_Frozen):
     """Where rollouts are collected (issue 8): in the learner's process, or by Ray actors on a cluster.
 
     With ``backend: ray`` each of ``workers`` actors owns a vector env with a contiguous slice of the
-    ``env.num_envs`` envs and a copy of the policy; weights go out once per iteration and rollouts come back
-    to the learner, which computes advantages and updates as in the local case. On-policy algorithms only.
-    ``env.workers`` applies to the local backend; a Ray worker starts ``env_workers`` simulation processes.
+    ``env.num_envs`` envs and a copy of the policy; weights go out once per iteration. On-policy algorithms:
+    rollouts come back to the learner, which computes advantages and updates as in the local case. Off-policy
+    algorithms (SAC, TD3, TQC with ``policy.kind=mlp``; not recurrent SAC): every worker steps its envs
+    ``algo.iteration_steps / env.num_envs`` times with the algorithm's exploration policy (random actions
+    during ``warmup_steps``), the learner adds the transitions to its replay buffer in worker order and then
+    runs ``utd_ratio`` updates per transition. Either way a lost worker is replaced (fresh episodes on its
+    slice) and its part of the iteration redone. ``env.workers`` applies to the local backend; a Ray worker
+    starts ``env_workers`` simulation processes.
     """
 
     backend: Literal["local", "ray"] = Field("local", description="local: in-process vector env; ray: Ray actors")
@@ -249,9 +254,11 @@ class RunConfig(_Frozen):
         """Cross-section checks of the Ray backend (raise; never adjust silently)."""
         d = self.distributed
         if d.backend == "ray":
-            if isinstance(self.algo, _OffPolicyConfig):
+            if isinstance(self.algo, _OffPolicyConfig) and self.policy.kind != "mlp":
                 raise ValueError(
-                    f"distributed.backend=ray supports on-policy algorithms only, not algo.name={self.algo.name!r}"
+                    f"distributed.backend=ray with algo.name={self.algo.name!r} needs policy.kind=mlp: recurrent "
+                    "SAC carries LSTM state through its collection and trains on sequences, which the Ray "
+                    "transition stream does not do; use distributed.backend=local"
                 )
             if d.workers > self.env.num_envs:
                 raise ValueError(

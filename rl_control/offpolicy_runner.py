@@ -20,6 +20,11 @@ there and returns ``interrupted``; a second signal interrupts at once (the last 
 replay buffer is written only with ``algo.save_replay`` (to ``checkpoints/replay.pt``; 1M HalfCheetah
 transitions are ~93 MiB); without it a resumed run refills the buffer with its current policy before
 updating again.
+
+With ``distributed.backend: ray`` (issue 8) an iteration is one chunk instead: Ray workers step their envs
+for the whole iteration with the actor broadcast at its start, the learner adds the transitions to its replay
+buffer in worker order and then runs the updates the iteration's vector steps are owed (the same count as
+locally); see :mod:`rl_control.distributed.ray_offpolicy`.
 """
 
 from __future__ import annotations
@@ -74,13 +79,22 @@ class OffPolicyRunner:
         torch.set_num_threads(cfg.runner.torch_threads)
         seed_everything(cfg.seed)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        self.venv = make_vector_env(
-            cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
-        )
+        self.distributed = cfg.distributed.backend == "ray"
+        if self.distributed:
+            from rl_control.distributed.ray_offpolicy import RayTransitionCollector
+
+            # Ray actors stand in for the vector env (spaces, reset, close) and collect whole iterations.
+            self.venv = RayTransitionCollector(cfg, events_path=self.run_dir / "distributed_events.jsonl")
+        else:
+            self.venv = make_vector_env(
+                cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
+            )
         spec = SpaceSpec.from_spaces(self.venv.single_observation_space, self.venv.single_action_space)
         a, N = cfg.algo, cfg.env.num_envs
         self.algo = make_offpolicy_algorithm(spec, cfg.policy, a)
         self.policy = self.algo.actor
+        if self.distributed:
+            self.venv.attach(self.policy)
         self.replay = ReplayBuffer(a.buffer_size, N, spec.obs_size, () if spec.discrete else (spec.action_size,),
                                    a.gamma, a.n_step)
         self.steps_per_iter = math.ceil(a.iteration_steps / N) * N
@@ -160,12 +174,12 @@ class OffPolicyRunner:
             _, state = self.algo.explore(obs_t, state, starts, self.torch_gen)
         return self.algo.random_actions(obs.shape[0], self.np_rng), state
 
-    def _learn(self, totals: dict[str, float], counts: dict[str, int]) -> int:
-        """Run the updates owed after this vector step; returns how many ran."""
+    def _learn(self, totals: dict[str, float], counts: dict[str, int], vector_steps: int) -> int:
+        """Run the updates owed for ``vector_steps`` vector steps past the warm-up; returns how many ran."""
         a = self.cfg.algo
-        if self.global_step < a.warmup_steps or not self.replay.can_sample(a.batch_size):
+        if vector_steps <= 0 or not self.replay.can_sample(a.batch_size):
             return 0
-        self.update_debt += a.utd_ratio * self.cfg.env.num_envs
+        self.update_debt += a.utd_ratio * self.cfg.env.num_envs * vector_steps
         n = int(self.update_debt)
         self.update_debt -= n
         for _ in range(n):
@@ -179,6 +193,24 @@ class OffPolicyRunner:
                 counts[k] = counts.get(k, 0) + 1
         return n
 
+    def _collect_chunk(self, episode_stats: dict, term_sums: dict[str, float], dist_metrics: dict[str, float]) -> int:
+        """The rest of this iteration from the Ray workers into the replay buffer; returns the vector steps
+        owed updates (those ending at or past ``warmup_steps``, as :meth:`_learn` counts them locally)."""
+        N, warmup = self.cfg.env.num_envs, self.cfg.algo.warmup_steps
+        g0 = self.global_step
+        steps = (self.steps_per_iter - g0 % self.steps_per_iter) // N
+        random_steps = min(steps, max(0, math.ceil((warmup - g0) / N)))  # vector steps acting before warmup
+        obs, sums, metrics = self.venv.collect(self.replay, steps, random_steps, episode_stats)
+        if self.policy.normalizer is not None:
+            for t in range(steps):  # one vector step at a time, as the local loop updates it
+                self.policy.normalizer.update(torch.from_numpy(obs[t]))
+        for name, value in sums.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value
+        for name, value in metrics.items():  # one chunk per iteration; sums if a resume split one
+            dist_metrics[name] = dist_metrics.get(name, 0.0) + value
+        self.global_step += steps * N
+        return sum(g0 + (j + 1) * N >= warmup for j in range(steps))
+
     # ---- main loop ---------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         cfg, N = self.cfg, self.cfg.env.num_envs
@@ -191,6 +223,7 @@ class OffPolicyRunner:
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         term_sums: dict[str, float] = {}
+        dist_metrics: dict[str, float] = {}
         t_collect = t_update = 0.0
         n_updates = n_steps = 0
         cpu0 = time.process_time()
@@ -203,22 +236,28 @@ class OffPolicyRunner:
                 while self.global_step < self.total_steps:
                     consistent = False  # weights, buffer and counters disagree until the step is booked
                     t0 = time.perf_counter()
-                    actions, state = self._act(obs, state, starts)
-                    next_obs, reward, terminated, truncated, info = self.venv.step(self.algo.env_actions(actions))
-                    self.replay.add(actions.numpy(), reward * cfg.algo.reward_scale, terminated, truncated, next_obs,
-                                    info.get("final_obs"))
-                    if self.policy.normalizer is not None:
-                        self.policy.normalizer.update(torch.from_numpy(obs))
-                    done = terminated | truncated
-                    record_episodes(info, done, episode_stats)
-                    for name, values in info.get("reward_terms", {}).items():
-                        term_sums[name] = term_sums.get(name, 0.0) + float(np.mean(values))
-                    starts = torch.from_numpy(done)
-                    obs = next_obs
-                    self.global_step += N
-                    n_steps += 1
+                    if self.distributed:
+                        learn_steps = self._collect_chunk(episode_stats, term_sums, dist_metrics)
+                        n_steps += self.steps_per_iter // N
+                    else:
+                        actions, state = self._act(obs, state, starts)
+                        next_obs, reward, terminated, truncated, info = self.venv.step(
+                            self.algo.env_actions(actions))
+                        self.replay.add(actions.numpy(), reward * cfg.algo.reward_scale, terminated, truncated,
+                                        next_obs, info.get("final_obs"))
+                        if self.policy.normalizer is not None:
+                            self.policy.normalizer.update(torch.from_numpy(obs))
+                        done = terminated | truncated
+                        record_episodes(info, done, episode_stats)
+                        for name, values in info.get("reward_terms", {}).items():
+                            term_sums[name] = term_sums.get(name, 0.0) + float(np.mean(values))
+                        starts = torch.from_numpy(done)
+                        obs = next_obs
+                        self.global_step += N
+                        n_steps += 1
+                        learn_steps = int(self.global_step >= cfg.algo.warmup_steps)
                     t1 = time.perf_counter()
-                    n_updates += self._learn(totals, counts)
+                    n_updates += self._learn(totals, counts, learn_steps)
                     t2 = time.perf_counter()
                     consistent = True
                     t_collect, t_update = t_collect + t1 - t0, t_update + t2 - t1
@@ -237,7 +276,8 @@ class OffPolicyRunner:
                               "steps_per_s": n_steps * N / elapsed, "updates": n_updates,
                               "updates_per_s": n_updates / max(t_update, 1e-9), "replay/size": len(self.replay),
                               **{k: totals[k] / counts[k] for k in totals},
-                              **{f"reward_terms/{k}": v / max(n_steps, 1) for k, v in term_sums.items()}}
+                              **{f"reward_terms/{k}": v / max(n_steps, 1) for k, v in term_sums.items()},
+                              **dist_metrics}
                     if episode_stats["return"]:
                         record["episode/return"] = float(np.mean(episode_stats["return"]))
                         record["episode/length"] = float(np.mean(episode_stats["length"]))
@@ -254,7 +294,7 @@ class OffPolicyRunner:
                     ret = record.get("episode/return", float("nan"))
                     progress.update(bar, completed=self.global_step, status=f"return {ret:8.1f}  "
                                     f"{record['steps_per_s']:6.0f} steps/s  {record['updates_per_s']:5.0f} updates/s")
-                    totals, counts, term_sums = {}, {}, {}
+                    totals, counts, term_sums, dist_metrics = {}, {}, {}, {}
                     t_collect = t_update = 0.0
                     n_updates = n_steps = 0
                     cpu0 = time.process_time()

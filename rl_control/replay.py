@@ -125,20 +125,23 @@ class ReplayBuffer:
         return self.added >= batch_size
 
     # ---- writing ---------------------------------------------------------------------------------------
-    def start(self, obs: np.ndarray) -> None:
-        """Begin fresh episodes in every env (after ``reset``): obs [N, D] become the head rows.
+    def start(self, obs: np.ndarray, envs: np.ndarray | None = None) -> None:
+        """Begin fresh episodes (after ``reset``): obs [n, D] become the head rows of ``envs`` (default: all).
 
-        An episode still in flight (e.g. a run resumed with its saved buffer) is cut here: its last
-        transition becomes truncated and keeps the observation at the head as its real final observation.
+        An episode still in flight (e.g. a run resumed with its saved buffer, or the envs of a replaced Ray
+        worker) is cut here: its last transition becomes truncated and keeps the observation at the head as
+        its real final observation.
         """
-        envs = self._envs
-        prev = (self.head - 1) % self.rows
+        envs = self._envs if envs is None else np.asarray(envs, np.int64)
+        head = self.head[envs]
+        prev = (head - 1) % self.rows
         f = self.flags[prev, envs]
-        open_ = ((f & TRANSITION) != 0) & ((f & (TERMINATED | TRUNCATED)) == 0) & (self.filled > 0)
+        open_ = ((f & TRANSITION) != 0) & ((f & (TERMINATED | TRUNCATED)) == 0) & (self.filled[envs] > 0)
         if open_.any():
             self.flags[prev[open_], envs[open_]] |= TRUNCATED
-            self.head[open_] = (self.head[open_] + 1) % self.rows
-        self._write_obs(self.head, envs, obs, START)
+            head[open_] = (head[open_] + 1) % self.rows
+        self.head[envs] = head
+        self._write_obs(head, envs, obs, START)
 
     def add(
         self, actions: np.ndarray, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,

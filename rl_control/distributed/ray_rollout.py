@@ -120,6 +120,20 @@ def fill_buffer(
     return {f"reward_terms/{k}": v / T for k, v in term_sums.items()}
 
 
+def worker_vector_env(cfg: RunConfig, lo: int, hi: int, seed: int) -> Any:
+    """The vector env of a worker owning envs ``[lo, hi)``: env i seeded ``seed + i`` as in the local one."""
+    from sim.vector import make_vector_env
+
+    d = cfg.distributed
+    # Actor processes hold Ray's gRPC threads: forking them is unsafe, so simulation processes inside a
+    # worker come from a fork server (see sim/vector.py, design notes).
+    extra: dict[str, Any] = {"context": "forkserver"} if d.env_workers > 0 else {}
+    # One stepping thread per actor: Ray already places one actor per CPU, so the in-process kernel's
+    # default of one thread per core would oversubscribe a machine running several actors.
+    extra["threads"] = 1
+    return make_vector_env(cfg.env.task, hi - lo, d.env_workers, cfg.env.randomization, seed=seed + lo, **extra)
+
+
 # ---- the worker (a Ray actor) --------------------------------------------------------------------------------
 class RolloutWorker:
     """Steps one slice of the envs with a policy copy; made a Ray actor by :class:`RayRolloutCollector`.
@@ -137,31 +151,17 @@ class RolloutWorker:
 
     def __init__(self, cfg: RunConfig, lo: int, hi: int, seed: int, rng_seed: int) -> None:
         from rl_control.runner import build_policy
-        from sim.vector import make_vector_env
 
         torch.set_num_threads(cfg.runner.torch_threads)
         self.cfg, self.lo, self.hi = cfg, lo, hi
-        d = cfg.distributed
-        # Actor processes hold Ray's gRPC threads: forking them is unsafe, so simulation processes inside a
-        # worker come from a fork server (see sim/vector.py, design notes).
-        extra = {"context": "forkserver"} if d.env_workers > 0 else {}
-        # One stepping thread per actor: Ray already places one actor per CPU, so the in-process kernel's
-        # default of one thread per core would oversubscribe a machine running several actors.
-        extra["threads"] = 1
-        self.venv = make_vector_env(
-            cfg.env.task, hi - lo, d.env_workers, cfg.env.randomization, seed=seed + lo, **extra
-        )
+        self.venv = worker_vector_env(cfg, lo, hi, seed)
         self.policy = build_policy(cfg, self.venv.single_observation_space, self.venv.single_action_space)
         self.generator = torch.Generator().manual_seed(rng_seed)
         self.reset(seed)
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs and what its envs look like."""
-        return {
-            "node_id": _node_id(), "pid": os.getpid(), "lo": self.lo, "hi": self.hi,
-            "observation_space": self.venv.single_observation_space,
-            "action_space": self.venv.single_action_space,
-        }
+        return worker_info(self.venv, self.lo, self.hi)
 
     def reset(self, seed: int | None) -> np.ndarray:
         """Start new episodes (env i reset with ``seed + i``) and zero the recurrent state; the observations."""
@@ -256,6 +256,18 @@ def _nbytes(value: Any) -> int:
     return 0
 
 
+def worker_info(venv: Any, lo: int, hi: int) -> dict[str, Any]:
+    """A worker's placement and spaces, as its ``info()`` reports them to the learner."""
+    return {
+        "node_id": _node_id(),
+        "pid": os.getpid(),
+        "lo": lo,
+        "hi": hi,
+        "observation_space": venv.single_observation_space,
+        "action_space": venv.single_action_space,
+    }
+
+
 def _node_id() -> str:
     """The Ray node this process runs on (``?`` outside Ray).
 
@@ -307,25 +319,25 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 
 
 # ---- the learner's side --------------------------------------------------------------------------------------
-class RayRolloutCollector:
-    """Rollout workers on a Ray cluster, standing in for the runner's vector env.
+class RayWorkerPool:
+    """``distributed.workers`` Ray actors of one worker class, one per env slice, replaced when lost.
+
+    Shared by the on-policy :class:`RayRolloutCollector` and the off-policy
+    :class:`~rl_control.distributed.ray_offpolicy.RayTransitionCollector`: connecting, placement, calls with
+    lost-worker replacement and the events file. ``worker_cls(cfg, lo, hi, seed, rng_seed)`` must provide
+    ``info()`` and ``reset(seed)``.
 
     Args:
         cfg: The run's config; ``cfg.distributed`` selects the cluster and the number of workers.
         events_path: JSONL file that receives worker placement, loss and replacement events (None: none).
-
-    Use: ``collector.attach(policy, reward_scaler)`` once the policy exists, then ``reset(seed)`` and
-    ``collect(...)`` per iteration, ``close()`` at the end. ``last_timing`` holds the latest iteration's costs
-    (also returned as ``distributed/*`` metrics): ``broadcast_s`` (``ray.put`` of the weights), ``gather_s``
-    (submit to last result), ``assemble_s`` (slices into the buffer, reward scaling, GAE), ``worker_max_s``
-    (the slowest worker's load + rollout), ``overhead_s`` (all of the collection minus ``worker_max_s``),
-    ``load_mean_s`` (workers loading the weights), ``weights_bytes``, ``result_bytes`` (rollout data moved).
+        worker_cls: The plain-Python worker class, wrapped with ``ray.remote`` at actor creation.
     """
 
-    def __init__(self, cfg: RunConfig, events_path: str | Path | None = None) -> None:
+    def __init__(self, cfg: RunConfig, events_path: str | Path | None, worker_cls: type) -> None:
         import ray
 
         self._ray = ray
+        self.worker_cls = worker_cls
         self.cfg, self.d = cfg, cfg.distributed
         self.events_path = None if events_path is None else Path(events_path)
         self.slices = split_envs(cfg.env.num_envs, self.d.workers)
@@ -336,8 +348,6 @@ class RayRolloutCollector:
         self.placement: list[dict[str, Any] | None] = [None] * self.d.workers
         self._node_ips: dict[str, str] = {}
         self.replacements_total = 0
-        self.policy: ActorCritic | None = None
-        self.reward_scaler: RewardScaler | None = None
         self.last_timing: dict[str, float] = {}
         self.workers: list[Any] = []
         try:
@@ -352,11 +362,6 @@ class RayRolloutCollector:
         self.single_observation_space: gym.Space = copy.deepcopy(infos[0]["observation_space"])
         self.single_action_space: gym.Space = copy.deepcopy(infos[0]["action_space"])
 
-    # ---- vector-env stand-in --------------------------------------------------------------------------------
-    def attach(self, policy: ActorCritic, reward_scaler: RewardScaler | None) -> None:
-        """The learner's policy (whose weights are broadcast) and reward scaler (applied on the learner)."""
-        self.policy, self.reward_scaler = policy, reward_scaler
-
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Reset every worker's envs (env i with ``seed + i``); returns the first observations [N, D]."""
         if seed is not None:
@@ -364,43 +369,8 @@ class RayRolloutCollector:
         obs = self._call_all(lambda w, k: w.reset.remote(seed))
         return np.concatenate(obs), {}
 
-    def collect(
-        self, buffer: RolloutBuffer, obs: Any, starts: Any, state: Any, episode_stats: dict
-    ) -> tuple[Any, Any, Any, dict[str, float]]:
-        """One iteration's rollout from all workers into ``buffer``; the signature of ``Runner._collect``.
-
-        ``obs``, ``starts`` and ``state`` live in the workers and are passed through untouched. Returns the
-        per-step mean of each reward term plus ``distributed/*`` timings and the replacement count.
-        """
-        if self.policy is None:
-            raise RuntimeError("RayRolloutCollector.collect before attach(policy, reward_scaler)")
-        ray, T = self._ray, buffer.T
-        t0 = time.perf_counter()
-        weights = policy_weights(self.policy)
-        weights_ref = ray.put(weights)
-        t1 = time.perf_counter()
-        replaced_before = self.replacements_total
-        results = self._call_all(lambda w, k: w.rollout.remote(weights_ref, T))
-        t2 = time.perf_counter()
-        term_means = fill_buffer(buffer, self.slices, results, self.cfg, self.reward_scaler, episode_stats)
-        for k, r in enumerate(results):
-            self._placed(k, r)
-        t3 = time.perf_counter()
-        worker_s = max(r["load_s"] + r["rollout_s"] for r in results)
-        self.last_timing = {
-            "broadcast_s": t1 - t0, "gather_s": t2 - t1, "assemble_s": t3 - t2,
-            "worker_max_s": worker_s, "worker_rollout_mean_s": float(np.mean([r["rollout_s"] for r in results])),
-            "overhead_s": (t3 - t0) - worker_s, "replaced": float(self.replacements_total - replaced_before),
-            "load_mean_s": float(np.mean([r["load_s"] for r in results])),
-            "weights_bytes": float(sum(v.nbytes for v in weights.values())),
-            "result_bytes": float(sum(_nbytes(r) for r in results)),
-        }
-        metrics = dict(term_means)
-        metrics.update({f"distributed/{k}": v for k, v in self.last_timing.items()})
-        return obs, starts, state, metrics
-
     def close(self) -> None:
-        """End the workers; shut Ray down if this collector started it."""
+        """End the workers; shut Ray down if this pool started it."""
         ray = self._ray
         for w in self.workers:
             try:
@@ -423,7 +393,7 @@ class RayRolloutCollector:
         lo, hi = self.slices[k]
         seed = self._episode_seed + _REPLACEMENT_SEED_STRIDE * gen
         rng_seed = int(np.random.SeedSequence([self.cfg.seed, k, gen]).generate_state(1)[0])
-        return ray.remote(RolloutWorker).options(**options).remote(self.cfg, lo, hi, seed, rng_seed)
+        return ray.remote(self.worker_cls).options(**options).remote(self.cfg, lo, hi, seed, rng_seed)
 
     def _call_all(self, call: Callable[[Any, int], Any], replace: bool = True) -> list[Any]:
         """``call(worker, k)`` on every worker; results in worker order, lost workers replaced and redone.
@@ -515,3 +485,64 @@ class RayRolloutCollector:
         self.events_path.parent.mkdir(parents=True, exist_ok=True)
         with self.events_path.open("a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+class RayRolloutCollector(RayWorkerPool):
+    """Rollout workers on a Ray cluster, standing in for the runner's vector env.
+
+    Args:
+        cfg: The run's config; ``cfg.distributed`` selects the cluster and the number of workers.
+        events_path: JSONL file that receives worker placement, loss and replacement events (None: none).
+
+    Use: ``collector.attach(policy, reward_scaler)`` once the policy exists, then ``reset(seed)`` and
+    ``collect(...)`` per iteration, ``close()`` at the end. ``last_timing`` holds the latest iteration's costs
+    (also returned as ``distributed/*`` metrics): ``broadcast_s`` (``ray.put`` of the weights), ``gather_s``
+    (submit to last result), ``assemble_s`` (slices into the buffer, reward scaling, GAE), ``worker_max_s``
+    (the slowest worker's load + rollout), ``overhead_s`` (all of the collection minus ``worker_max_s``),
+    ``load_mean_s`` (workers loading the weights), ``weights_bytes``, ``result_bytes`` (rollout data moved).
+    """
+
+    def __init__(self, cfg: RunConfig, events_path: str | Path | None = None) -> None:
+        self.policy: ActorCritic | None = None
+        self.reward_scaler: RewardScaler | None = None
+        super().__init__(cfg, events_path, RolloutWorker)
+
+    # ---- vector-env stand-in --------------------------------------------------------------------------------
+    def attach(self, policy: ActorCritic, reward_scaler: RewardScaler | None) -> None:
+        """The learner's policy (whose weights are broadcast) and reward scaler (applied on the learner)."""
+        self.policy, self.reward_scaler = policy, reward_scaler
+
+    def collect(
+        self, buffer: RolloutBuffer, obs: Any, starts: Any, state: Any, episode_stats: dict
+    ) -> tuple[Any, Any, Any, dict[str, float]]:
+        """One iteration's rollout from all workers into ``buffer``; the signature of ``Runner._collect``.
+
+        ``obs``, ``starts`` and ``state`` live in the workers and are passed through untouched. Returns the
+        per-step mean of each reward term plus ``distributed/*`` timings and the replacement count.
+        """
+        if self.policy is None:
+            raise RuntimeError("RayRolloutCollector.collect before attach(policy, reward_scaler)")
+        ray, T = self._ray, buffer.T
+        t0 = time.perf_counter()
+        weights = policy_weights(self.policy)
+        weights_ref = ray.put(weights)
+        t1 = time.perf_counter()
+        replaced_before = self.replacements_total
+        results = self._call_all(lambda w, k: w.rollout.remote(weights_ref, T))
+        t2 = time.perf_counter()
+        term_means = fill_buffer(buffer, self.slices, results, self.cfg, self.reward_scaler, episode_stats)
+        for k, r in enumerate(results):
+            self._placed(k, r)
+        t3 = time.perf_counter()
+        worker_s = max(r["load_s"] + r["rollout_s"] for r in results)
+        self.last_timing = {
+            "broadcast_s": t1 - t0, "gather_s": t2 - t1, "assemble_s": t3 - t2,
+            "worker_max_s": worker_s, "worker_rollout_mean_s": float(np.mean([r["rollout_s"] for r in results])),
+            "overhead_s": (t3 - t0) - worker_s, "replaced": float(self.replacements_total - replaced_before),
+            "load_mean_s": float(np.mean([r["load_s"] for r in results])),
+            "weights_bytes": float(sum(v.nbytes for v in weights.values())),
+            "result_bytes": float(sum(_nbytes(r) for r in results)),
+        }
+        metrics = dict(term_means)
+        metrics.update({f"distributed/{k}": v for k, v in self.last_timing.items()})
+        return obs, starts, state, metrics
