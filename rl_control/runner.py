@@ -32,7 +32,7 @@ from rl_control.evaluation import TorchPolicy, evaluate
 from rl_control.metrics import MetricsLogger
 from rl_control.networks import ActorCritic
 from rl_control.normalizer import RewardScaler
-from rl_control.rollout_policy import numpy_rollout_policy
+from rl_control.rollout_policy import numpy_rollout_policy, policy_step
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
 
@@ -204,25 +204,18 @@ class Runner:
         policy runs through its numpy twin when it has one (feed-forward Gaussian), else through ``act``.
         """
         policy, venv = self.policy, self.venv
-        twin = numpy_rollout_policy(policy)
+        twin = numpy_rollout_policy(policy, snapshot=True)  # weights are fixed during collection
         views = _BufferViews(buffer)
         starts = np.array(starts, dtype=bool)  # also accepts the runner's initial torch tensor
         low, high = policy.action_low.numpy(), policy.action_high.numpy()
         reward_scale = self.cfg.algo.reward_scale
         term_sums: dict[str, np.ndarray] = {}
         for t in range(buffer.T):
-            with torch.inference_mode():
-                if twin is not None:
-                    noise = torch.randn((len(obs), policy.action_size), generator=self.torch_gen).numpy()
-                    action, log_prob, value, out = twin.act(obs, noise)
-                else:
-                    if state is not None:
-                        state = state * torch.from_numpy(~starts).float().view(1, 1, -1, 1)
-                        buffer.states[t] = state
-                    action_t, log_prob_t, value_t, out_t, state = policy.act(
-                        torch.from_numpy(obs), state, None, self.torch_gen
-                    )
-                    action, log_prob, value, out = (x.numpy() for x in (action_t, log_prob_t, value_t, out_t))
+            action, log_prob, value, out, start_state, state = policy_step(
+                policy, twin, obs, state, starts, self.torch_gen
+            )
+            if start_state is not None:
+                buffer.states[t] = start_state
             env_action = action if policy.discrete else np.minimum(np.maximum(action, low), high)
             views.obs[t], views.actions[t], views.log_probs[t] = obs, action, log_prob
             views.values[t], views.out[t], views.starts[t] = value, out, starts

@@ -65,6 +65,7 @@ Design notes:
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -227,7 +228,7 @@ class _SliceRunner:
         self._return += out.reward
         self._length += 1
         self._last_obs[:] = out.obs
-        done = np.flatnonzero(out.terminated | out.truncated)
+        done = (out.terminated | out.truncated).nonzero()[0]  # ndarray.nonzero: no Python-level wrapper
         if done.size:
             self._step_outputs_dirty = True
             for k in done:
@@ -254,7 +255,7 @@ class _SliceRunner:
     def _start_episode(self, k: int, obs: np.ndarray, info: dict) -> None:
         i = self.lo + k
         obs32 = np.asarray(obs, dtype=np.float32)
-        if not np.all(np.isfinite(obs32)):
+        if not all_finite(obs32):
             raise EnvStepError(f"env {i}: reset returned a non-finite observation: {obs32}")
         self.kernel.after_reset(k)
         self.bufs.obs[i] = obs32
@@ -282,8 +283,7 @@ class _SliceRunner:
 
     def _guard_non_finite(self, out: StepBatch) -> None:
         """A diverged env ends its episode as truncated; its last finite observation stands in."""
-        # Fast path: one float64 sum is finite iff every entry is (float32 values cannot overflow it).
-        if np.isfinite(out.obs.sum(dtype=np.float64) + out.reward.sum()):
+        if all_finite(out.obs) and all_finite(out.reward):
             return
         flat = out.obs.reshape(len(out.obs), -1)
         bad = ~(np.isfinite(flat).all(axis=1) & np.isfinite(out.reward))
@@ -294,6 +294,22 @@ class _SliceRunner:
             out.terminated[bad] = False
             out.truncated[bad] = True
             out.unstable[bad] = True
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every entry of ``x`` is finite (no NaN, no +-inf).
+
+    Float arrays: the dot product of the flat array with zeros is 0 if every entry is finite and NaN
+    otherwise (0 * inf and 0 * NaN are NaN; nothing can overflow). ~0.5 us on the vector env's small
+    arrays, where ``np.isfinite(x).all()`` or a ``sum`` costs 2-5 us in numpy's Python-level wrappers,
+    and the check runs several times per step.
+    """
+    if x.dtype.kind == "f":
+        flat = x.reshape(-1)
+        return math.isfinite(flat.dot(np.zeros(flat.size, flat.dtype)))
+    if x.dtype.kind in "biu":
+        return True
+    return bool(np.isfinite(x).all())
 
 
 def _env_failure(index: int, phase: str, exc: BaseException) -> EnvStepError:
@@ -563,7 +579,7 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         expected = (self.num_envs, *self._spec.act_shape)
         if a.shape != expected:
             raise ValueError(f"actions have shape {a.shape}, expected {expected} (num_envs, *action_shape)")
-        if (self._float_actions or a.dtype.kind == "f") and not np.isfinite(a.sum(dtype=np.float64)):
+        if (self._float_actions or a.dtype.kind == "f") and not all_finite(a):
             finite = np.isfinite(a.reshape(self.num_envs, -1)).all(axis=1)
             if not finite.all():
                 bad = np.flatnonzero(~finite).tolist()

@@ -10,7 +10,7 @@ import rl_control.networks as networks
 from rl_control.algorithms.ppo import clip_grad_norm
 from rl_control.config import PolicyConfig
 from rl_control.networks import ActorCritic
-from rl_control.rollout_policy import numpy_rollout_policy
+from rl_control.rollout_policy import merge_layer_stacks, numpy_rollout_policy
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -34,6 +34,62 @@ def test_numpy_twin_acts_like_actor_critic(activation, normalize_obs):
     with torch.no_grad():
         policy.policy_head.bias.add_(1.0)
     np.testing.assert_allclose(twin.forward(obs.numpy())[0], policy(obs)[0].detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_merge_layer_stacks_computes_both_stacks_side_by_side():
+    rng = np.random.default_rng(0)
+
+    def stack(sizes):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append((rng.standard_normal((a, b)).astype(np.float32), rng.standard_normal(b).astype(np.float32)))
+            if i < len(sizes) - 2:
+                layers.append(np.tanh)
+        return layers
+
+    def run(layers, x):
+        for layer in layers:
+            x = layer(x) if callable(layer) else x @ layer[0] + layer[1]
+        return x
+
+    first, second = stack([5, 8, 6, 2]), stack([5, 4, 3, 1])
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    merged = merge_layer_stacks(first, second)
+    want = np.concatenate([run(first, x), run(second, x)], axis=1)
+    np.testing.assert_allclose(run(merged, x), want, rtol=1e-5, atol=1e-5)
+    assert merge_layer_stacks(first, stack([5, 8, 2])) is None  # different depth
+    assert merge_layer_stacks(first, stack([4, 8, 6, 2])) is None  # different input size
+    relu_second = [np.maximum if callable(m) else m for m in second]
+    assert merge_layer_stacks(first, relu_second) is None  # different activation
+
+
+@pytest.mark.parametrize("normalize_obs", [True, False])
+def test_snapshot_twin_acts_like_actor_critic_until_weights_change(normalize_obs):
+    torch.manual_seed(1)
+    cfg = PolicyConfig(hidden_sizes=(32, 16), normalize_obs=normalize_obs, init_log_std=-0.3)
+    policy = ActorCritic(5, 2, cfg)
+    for p in policy.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    if normalize_obs:
+        policy.normalizer.update(torch.randn(200, 5) * 3 + 1)
+    twin = numpy_rollout_policy(policy, snapshot=True)
+    assert twin.merged is not None
+    obs = torch.randn(7, 5) * 2
+    expected = policy.act(obs, None, None, torch.Generator().manual_seed(3))
+    noise = torch.randn((7, 2), generator=torch.Generator().manual_seed(3))
+    got = twin.act(obs.numpy(), noise.numpy())
+    for g, want in zip(got, expected[:4], strict=True):
+        np.testing.assert_allclose(g, want.numpy(), rtol=1e-5, atol=1e-5)
+    # A snapshot holds copies: it follows weight changes only after sync().
+    before = twin.forward(obs.numpy())[0].copy()
+    with torch.no_grad():
+        policy.policy_head.bias.add_(1.0)
+        policy.log_std.add_(0.5)
+    np.testing.assert_array_equal(twin.forward(obs.numpy())[0], before)
+    twin.sync()
+    expected = policy.act(obs, None, None, torch.Generator().manual_seed(3))
+    for g, want in zip(twin.act(obs.numpy(), noise.numpy()), expected[:4], strict=True):
+        np.testing.assert_allclose(g, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_numpy_twin_declines_recurrent_and_discrete_policies():

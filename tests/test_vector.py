@@ -16,7 +16,7 @@ import pytest
 
 from sim.randomization import RandomizationConfig
 from sim.tasks import make_env
-from sim.vector import ParallelVectorEnv, make_vector_env
+from sim.vector import ParallelVectorEnv, all_finite, make_vector_env
 from sim.vector_kernels import ThreadTeam
 
 PENDULUM = "pendulum_swingup"  # 200-step episodes
@@ -180,6 +180,20 @@ def test_batched_kernel_equals_env_step(threads: int) -> None:
     finally:
         fast.close()
         slow.close()
+
+
+def test_all_finite_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    for dtype in (np.float16, np.float32, np.float64):
+        x = rng.standard_normal((4, 3)).astype(dtype)
+        assert all_finite(x) and all_finite(x[:, ::2]) and all_finite(np.zeros((0, 3), dtype))
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[2, 1] = bad
+            assert not all_finite(y)
+        huge = np.full(3, np.finfo(dtype).max, dtype)  # the sum of squares overflows; entries are finite
+        assert all_finite(huge)
+    assert all_finite(np.array([1, -5, 7])) and all_finite(np.array([True, False]))
 
 
 def test_thread_team_runs_every_item_once_and_reports_errors() -> None:

@@ -186,6 +186,7 @@ class RolloutWorker:
             (return, length, success lists of the episodes that ended); ``term_sums`` {name: sum over t of the
             slice's mean term}; timings ``load_s`` and ``rollout_s``; ``node_id`` and ``pid``.
         """
+        from rl_control.rollout_policy import numpy_rollout_policy, policy_step
         from rl_control.runner import record_episodes
 
         t0 = time.perf_counter()
@@ -195,9 +196,9 @@ class RolloutWorker:
         D = policy.obs_size
         obs_buf = np.zeros((T, n, D), np.float32)
         act_shape = () if policy.discrete else (policy.action_size,)
-        actions = torch.zeros(T, n, *act_shape, dtype=torch.int64 if policy.discrete else torch.float32)
-        log_probs, values, final_values = torch.zeros(T, n), torch.zeros(T, n), torch.zeros(T, n)
-        outs = torch.zeros(T, n, policy.action_size)
+        actions = np.zeros((T, n, *act_shape), np.int64 if policy.discrete else np.float32)
+        log_probs, values, final_values = np.zeros((T, n), np.float32), np.zeros((T, n), np.float32), torch.zeros(T, n)
+        outs = np.zeros((T, n, policy.action_size), np.float32)
         rewards = np.zeros((T, n), np.float32)
         terminated, truncated = np.zeros((T, n), bool), np.zeros((T, n), bool)
         starts_buf = torch.zeros(T, n, dtype=torch.bool)
@@ -206,13 +207,15 @@ class RolloutWorker:
         episodes: dict[str, list] = {"return": [], "length": [], "success": []}
         term_sums: dict[str, float] = {}
         obs, starts, state = self.obs, self.starts, self.state
+        twin = numpy_rollout_policy(policy, snapshot=True)  # the runner's collection path, step for step
+        low, high = policy.action_low.numpy(), policy.action_high.numpy()
         for t in range(T):
-            obs_t = torch.from_numpy(obs)
-            if state is not None:
-                state = state * (~starts).float().view(1, 1, -1, 1)
-                states[t] = state
-            action, log_prob, value, out, state = policy.act(obs_t, state, None, self.generator)
-            env_action = action.numpy() if policy.discrete else policy.clip_action(action).numpy()
+            action, log_prob, value, out, start_state, state = policy_step(
+                policy, twin, obs, state, starts.numpy(), self.generator
+            )
+            if start_state is not None:
+                states[t] = start_state
+            env_action = action if policy.discrete else np.minimum(np.maximum(action, low), high)
             obs_buf[t] = obs
             obs, reward, term, trunc, info = venv.step(env_action)
             actions[t], log_probs[t], values[t], outs[t], starts_buf[t] = action, log_prob, value, out, starts
@@ -235,9 +238,9 @@ class RolloutWorker:
         self.obs, self.starts, self.state = obs, starts, state
         t2 = time.perf_counter()
         return {
-            "obs": obs_buf, "actions": actions.numpy(), "log_probs": log_probs.numpy(), "values": values.numpy(),
+            "obs": obs_buf, "actions": actions, "log_probs": log_probs, "values": values,
             "rewards": rewards, "final_values": final_values.numpy(), "terminated": terminated,
-            "truncated": truncated, "starts": starts_buf.numpy(), "out": outs.numpy(),
+            "truncated": truncated, "starts": starts_buf.numpy(), "out": outs,
             "states": None if states is None else states.numpy(), "last_values": last_values.numpy(),
             "episodes": episodes, "term_sums": term_sums, "load_s": t1 - t0, "rollout_s": t2 - t1,
             "node_id": _node_id(), "pid": os.getpid(),
