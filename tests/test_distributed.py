@@ -140,17 +140,17 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_ppo_on_two_node_cluster_survives_a_killed_worker(ray_cluster: Cluster, tmp_path: Path) -> None:
-    iterations, num_envs, steps = 16, 4, 128
-    overrides = [
-        "seed=1", "env.task=pendulum_swingup", f"env.num_envs={num_envs}", f"algo.rollout_steps={steps}",
-        f"runner.total_steps={iterations * num_envs * steps}", "runner.eval_every=1000", "runner.eval_episodes=1",
-        "runner.checkpoint_every=1000",
+def _train_and_kill_a_worker(
+    ray_cluster: Cluster, tmp_path: Path, overrides: list[str]
+) -> tuple[Path, dict, list[dict], list[dict]]:
+    """Train with ``overrides`` on the cluster, kill the worker on the second node after two iterations, wait
+    for the end; checks the run finished after the kill and the worker was replaced. Returns the run folder,
+    the killed worker's placement event, the metrics and the distributed events."""
+    args = [str(BIN / "rlctl"), "train", "--runs", str(tmp_path), "--name", "run"]
+    for o in overrides + [
         "distributed.backend=ray", f"distributed.address={ray_cluster.address}",
         f"distributed.node_ip_address={HEAD_IP}", "distributed.workers=2", "distributed.worker_timeout_s=60",
-    ]
-    args = [str(BIN / "rlctl"), "train", "--runs", str(tmp_path), "--name", "run"]
-    for o in overrides:
+    ]:
         args += ["--set", o]
     run_dir = tmp_path / "run"
     log_path = tmp_path / "train.log"
@@ -175,11 +175,8 @@ def test_ppo_on_two_node_cluster_survives_a_killed_worker(ray_cluster: Cluster, 
                 trainer.wait()
     output = log_path.read_text()
     assert trainer.returncode == 0, output[-3000:]
-    assert killed_at < iterations, "the worker was killed only after training had ended"
-
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    assert [m["iteration"] for m in metrics] == list(range(1, iterations + 1)), "an iteration is missing"
-    assert metrics[-1]["step"] == iterations * num_envs * steps
+    assert killed_at < len(metrics), "the worker was killed only after training had ended"
     assert sum(m["distributed/replaced"] for m in metrics) >= 1
     events = _read_jsonl(run_dir / "distributed_events.jsonl")
     lost = [e for e in events if e["event"] == "lost"]
@@ -187,6 +184,19 @@ def test_ppo_on_two_node_cluster_survives_a_killed_worker(ray_cluster: Cluster, 
     replacement = [e for e in events if e["event"] == "placed" and e["worker"] == victim["worker"]
                    and e["generation"] >= 1]
     assert replacement and replacement[0]["pid"] != victim["pid"], events
+    return run_dir, victim, metrics, events
+
+
+def test_ppo_on_two_node_cluster_survives_a_killed_worker(ray_cluster: Cluster, tmp_path: Path) -> None:
+    iterations, num_envs, steps = 16, 4, 128
+    overrides = [
+        "seed=1", "env.task=pendulum_swingup", f"env.num_envs={num_envs}", f"algo.rollout_steps={steps}",
+        f"runner.total_steps={iterations * num_envs * steps}", "runner.eval_every=1000", "runner.eval_episodes=1",
+        "runner.checkpoint_every=1000",
+    ]
+    _, _, metrics, _ = _train_and_kill_a_worker(ray_cluster, tmp_path, overrides)
+    assert [m["iteration"] for m in metrics] == list(range(1, iterations + 1)), "an iteration is missing"
+    assert metrics[-1]["step"] == iterations * num_envs * steps
     assert all(m["steps_per_s"] > 0 for m in metrics)
 
 
@@ -201,46 +211,10 @@ def test_sac_streams_transitions_on_two_node_cluster_and_survives_a_killed_worke
         "policy.hidden_sizes=[32, 32]", f"algo.iteration_steps={iteration_steps}", "algo.warmup_steps=200",
         "algo.batch_size=64", f"runner.total_steps={iterations * iteration_steps}", "runner.eval_every=1000",
         "runner.eval_episodes=1", "runner.checkpoint_every=1000",
-        "distributed.backend=ray", f"distributed.address={ray_cluster.address}",
-        f"distributed.node_ip_address={HEAD_IP}", "distributed.workers=2", "distributed.worker_timeout_s=60",
     ]
-    args = [str(BIN / "rlctl"), "train", "--runs", str(tmp_path), "--name", "run"]
-    for o in overrides:
-        args += ["--set", o]
-    run_dir = tmp_path / "run"
-    log_path = tmp_path / "train.log"
-    with log_path.open("w") as log:
-        trainer = subprocess.Popen(args, env=ray_cluster.env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 90
-            while len(_read_jsonl(run_dir / "metrics.jsonl")) < 2:
-                assert trainer.poll() is None, f"training ended early:\n{log_path.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"no progress:\n{log_path.read_text()[-3000:]}"
-                time.sleep(0.05)
-            placed = [e for e in _read_jsonl(run_dir / "distributed_events.jsonl") if e["event"] == "placed"]
-            assert {e["node_ip"] for e in placed} == {HEAD_IP, WORKER_IP}, placed
-            victim = next(e for e in placed if e["node_ip"] == WORKER_IP)
-            killed_at = len(_read_jsonl(run_dir / "metrics.jsonl"))
-            os.kill(victim["pid"], signal.SIGKILL)
-            trainer.wait(timeout=90)
-        finally:
-            if trainer.poll() is None:
-                trainer.kill()
-                trainer.wait()
-    output = log_path.read_text()
-    assert trainer.returncode == 0, output[-3000:]
-    assert killed_at < iterations, "the worker was killed only after training had ended"
-
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    run_dir, _, metrics, _ = _train_and_kill_a_worker(ray_cluster, tmp_path, overrides)
     assert [m["iteration"] for m in metrics] == list(range(1, iterations + 1)), "an iteration is missing"
     # Every iteration's transitions reached the replay buffer, the replaced worker's included.
     assert [m["replay/size"] for m in metrics] == [iteration_steps * i for i in range(1, iterations + 1)]
     assert all(m["updates"] == iteration_steps for m in metrics[1:])  # utd 1 after the warm-up iteration
-    assert sum(m["distributed/replaced"] for m in metrics) >= 1
-    events = _read_jsonl(run_dir / "distributed_events.jsonl")
-    lost = [e for e in events if e["event"] == "lost"]
-    assert any(e["worker"] == victim["worker"] and e["pid"] == victim["pid"] for e in lost), events
-    replacement = [e for e in events if e["event"] == "placed" and e["worker"] == victim["worker"]
-                   and e["generation"] >= 1]
-    assert replacement and replacement[0]["pid"] != victim["pid"], events
     assert (run_dir / "checkpoints").is_dir()
