@@ -5,11 +5,12 @@ own state (MuJoCo model and data, generators); kernels only replace the per-env 
 always go through ``env.reset``, so a kernel can never change what an episode starts from.
 
 - :class:`LoopKernel` works for every env: it calls ``env.step`` on each in turn.
-- :class:`HalfCheetahKernel` steps Gymnasium's ``HalfCheetah-v5`` without its per-env Python step: one loop
-  around ``mj_step`` for the slice, then observations, rewards and the time limit for all envs at once
-  with numpy. It reproduces ``gymnasium.make("HalfCheetah-v5")`` exactly (a test compares them), the way
-  EnvPool re-implements the same env in C++. It is picked only for unwrapped HalfCheetah-v5 envs behind
-  Gymnasium's default wrappers; anything else falls back to the loop.
+- :class:`HalfCheetahKernel` and :class:`InvertedPendulumKernel` step Gymnasium's ``HalfCheetah-v5`` and
+  ``InvertedPendulum-v5`` without their per-env Python step: one loop around ``mj_step`` for the slice,
+  then observations, rewards, terminations and the time limit for all envs at once with numpy. They
+  reproduce ``gymnasium.make(...)`` exactly (tests compare them), the way EnvPool re-implements the same
+  envs in C++. A kernel is picked only for unwrapped envs of its class behind Gymnasium's default
+  wrappers; anything else falls back to the loop.
 
 Threads: MuJoCo's Python bindings release the GIL inside ``mj_step``, and a batched kernel spends ~90% of
 its time there, so a kernel with ``releases_gil = True`` can step its slice with several threads of one
@@ -243,65 +244,64 @@ def _wrapper_chain(env: gym.Env) -> tuple[list[str], int | None]:
     return names, max_steps
 
 
-class HalfCheetahKernel:
-    """Gymnasium's HalfCheetah-v5, stepped for a whole slice at once (same numbers as ``env.step``).
+class _BatchedMujocoKernel:
+    """Shared machinery of kernels that re-implement one Gymnasium MuJoCo env class for a whole slice.
 
-    Per step and env (Gymnasium's ``HalfCheetahEnv.step`` and ``TimeLimit``): ``ctrl = action``;
-    ``frame_skip`` calls of ``mj_step``; obs = qpos[1:] ++ qvel; reward = forward_weight * dx/dt -
-    ctrl_weight * sum(action^2) (the sum in the action's float32, as Gymnasium computes it);
-    terminated = False; truncated when the step count reaches the time limit.
+    Per step: each env's ``ctrl = action`` and ``frame_skip`` calls of ``mj_step`` (one loop over the slice,
+    shared by the team's threads), qpos ++ qvel of every env into one array, then the subclass's vectorized
+    ``_finish`` computes observations, rewards and terminations as Gymnasium's ``step`` does; truncation
+    is the ``TimeLimit``'s step count. Gymnasium also calls ``mj_rnePostConstraint`` after each step; it only
+    refreshes derived force quantities (``cfrc_ext`` ...) that these envs' observations and rewards do not
+    read and that the vector env never exposes, so kernels skip it (one GIL round trip less per env).
 
-    Gymnasium also calls ``mj_rnePostConstraint`` after each step; it only refreshes derived force
-    quantities (``cfrc_ext`` ...) that HalfCheetah's observation and reward do not read and that the vector
-    env never exposes, so the kernel skips it (one GIL round trip less per env).
+    Subclasses set ``env_class`` (a callable returning the Gymnasium class, imported lazily),
+    ``term_names``, ``releases_gil``, and implement ``_settings(raw)`` (the attributes all envs of a slice
+    must share) and ``_finish``.
     """
 
-    term_names: ClassVar[tuple[str, ...]] = ("reward_forward", "reward_ctrl")
-    releases_gil: ClassVar[bool] = True  # the per-env work is mj_step: worth threads
+    term_names: ClassVar[tuple[str, ...]] = ()
+    releases_gil: ClassVar[bool] = False
+
+    @staticmethod
+    def env_class() -> type:
+        raise NotImplementedError
+
+    @classmethod
+    def _settings(cls, raw: gym.Env) -> tuple:
+        return (raw.frame_skip,)
 
     @classmethod
     def accepts(cls, envs: Sequence[gym.Env]) -> bool:
         try:
-            from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+            env_class = cls.env_class()
         except ImportError:  # pragma: no cover - the env moved in a future Gymnasium
             return False
         keys = set()
         for env in envs:
             raw = env.unwrapped
             names, _ = _wrapper_chain(env)
-            if type(raw) is not HalfCheetahEnv or raw.render_mode is not None:
+            if type(raw) is not env_class or raw.render_mode is not None:
                 return False
             if any(name not in _PASSIVE_WRAPPERS for name in names):
                 return False
-            keys.add(
-                (
-                    raw.frame_skip,
-                    raw._forward_reward_weight,
-                    raw._ctrl_cost_weight,
-                    raw._exclude_current_positions_from_observation,
-                )
-            )
+            keys.add(cls._settings(raw))
         return len(keys) == 1
 
     def __init__(self, envs: Sequence[gym.Env], threads: int = 1) -> None:
         raws = [env.unwrapped for env in envs]
         self.models = [raw.model for raw in raws]
         self.datas = [raw.data for raw in raws]
-        first = raws[0]
-        self.frame_skip = int(first.frame_skip)
-        self.dt = float(first.dt)
-        self.forward_weight = float(first._forward_reward_weight)
-        self.ctrl_weight = float(first._ctrl_cost_weight)
-        self.skip = 1 if first._exclude_current_positions_from_observation else 0
+        self.first = raws[0]
+        self.frame_skip = int(self.first.frame_skip)
+        self.dt = float(self.first.dt)
         limits = [_wrapper_chain(env)[1] for env in envs]
         self.max_steps = np.array([lim if lim is not None else np.iinfo(np.int64).max for lim in limits])
-        n, nq, nv = len(envs), first.model.nq, first.model.nv
+        n, nq, nv = len(envs), self.first.model.nq, self.first.model.nv
         self.elapsed = np.zeros(n, np.int64)
-        self.obs_size = nq - self.skip + nv
-        self._out = StepBatch.empty(n, (self.obs_size,), len(self.term_names))
+        self._nq = nq
         # qpos ++ qvel of every env after its latest step or reset.
         self._state = np.zeros((n, nq + nv))
-        self._nq = nq
+        self._out = StepBatch.empty(n, tuple(envs[0].observation_space.shape), len(self.term_names))
         # MjData array attributes are views of fixed buffers; fetching them once saves a wrapper per step.
         self._ctrl = [d.ctrl for d in self.datas]
         self._qpos = [d.qpos for d in self.datas]
@@ -312,9 +312,8 @@ class HalfCheetahKernel:
         self._team = ThreadTeam(self.threads - 1)
 
     def step(self, actions: np.ndarray) -> StepBatch:
-        n = len(self.datas)
         state = self._state
-        x_before = state[:, 0].copy()
+        before = state.copy()
         step, models, datas, fs = mujoco.mj_step, self.models, self.datas, self.frame_skip
         ctrl, qpos, qvel, nq = self._ctrl, self._qpos, self._qvel, self._nq
 
@@ -324,23 +323,26 @@ class HalfCheetahKernel:
             state[k, :nq] = qpos[k]
             state[k, nq:] = qvel[k]
 
-        errors = self._team.map(n, step_env)
-        if errors:
-            k, exc = min(errors, key=lambda e: e[0])
-            raise KernelEnvError(k) from exc
-        x_velocity = (state[:, 0] - x_before) / self.dt
-        forward = self.forward_weight * x_velocity
-        # Gymnasium: ctrl_weight * np.sum(np.square(action)) with a float32 action stays float32 (NEP 50).
-        sq_sum = np.square(actions).sum(axis=1)
-        ctrl_cost = (sq_sum * sq_sum.dtype.type(self.ctrl_weight)).astype(np.float64)
+        if self.threads == 1:  # no team round trip for a one-thread slice
+            for k in range(len(datas)):
+                try:
+                    step_env(k)
+                except Exception as exc:
+                    raise KernelEnvError(k) from exc
+        else:
+            errors = self._team.map(len(datas), step_env)
+            if errors:
+                k, exc = min(errors, key=lambda e: e[0])
+                raise KernelEnvError(k) from exc
         self.elapsed += 1
         out = self._out.clear()  # reused: the caller copies the results out before the next step
-        out.obs[:] = state[:, self.skip :]  # state is qpos ++ qvel: obs drops the first `skip` entries
-        out.reward[:] = forward - ctrl_cost
+        self._finish(actions, before, state, out)
         out.truncated[:] = self.elapsed >= self.max_steps
-        out.terms[0] = forward
-        out.terms[1] = -ctrl_cost
         return out
+
+    def _finish(self, actions: np.ndarray, before: np.ndarray, state: np.ndarray, out: StepBatch) -> None:
+        """Fill ``out``'s obs, reward, terminated and terms from the states before and after the step."""
+        raise NotImplementedError
 
     def after_reset(self, k: int) -> None:
         self.elapsed[k] = 0
@@ -354,7 +356,76 @@ class HalfCheetahKernel:
         self._state[k, self._nq :] = self._qvel[k]
 
 
-KERNELS: tuple[type, ...] = (HalfCheetahKernel,)
+class HalfCheetahKernel(_BatchedMujocoKernel):
+    """Gymnasium's HalfCheetah-v5 (``HalfCheetahEnv.step``), the same numbers as ``env.step``.
+
+    obs = qpos[1:] ++ qvel; reward = forward_weight * dx/dt - ctrl_weight * sum(action^2) (the sum in the
+    action's float32, as Gymnasium computes it); never terminates.
+    """
+
+    term_names: ClassVar[tuple[str, ...]] = ("reward_forward", "reward_ctrl")
+    releases_gil: ClassVar[bool] = True  # mj_step of 5 frames (~30 us) per env: worth threads
+
+    @staticmethod
+    def env_class() -> type:
+        from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
+        return HalfCheetahEnv
+
+    @classmethod
+    def _settings(cls, raw: gym.Env) -> tuple:
+        return (
+            raw.frame_skip,
+            raw._forward_reward_weight,
+            raw._ctrl_cost_weight,
+            raw._exclude_current_positions_from_observation,
+        )
+
+    def __init__(self, envs: Sequence[gym.Env], threads: int = 1) -> None:
+        super().__init__(envs, threads)
+        self.forward_weight = float(self.first._forward_reward_weight)
+        self.ctrl_weight = float(self.first._ctrl_cost_weight)
+        self.skip = 1 if self.first._exclude_current_positions_from_observation else 0
+
+    def _finish(self, actions: np.ndarray, before: np.ndarray, state: np.ndarray, out: StepBatch) -> None:
+        forward = self.forward_weight * (state[:, 0] - before[:, 0]) / self.dt
+        # Gymnasium: ctrl_weight * np.sum(np.square(action)) with a float32 action stays float32 (NEP 50).
+        sq_sum = np.square(actions).sum(axis=1)
+        ctrl_cost = (sq_sum * sq_sum.dtype.type(self.ctrl_weight)).astype(np.float64)
+        out.obs[:] = state[:, self.skip :]  # state is qpos ++ qvel: obs drops the first `skip` entries
+        out.reward[:] = forward - ctrl_cost
+        out.terms[0] = forward
+        out.terms[1] = -ctrl_cost
+
+
+class InvertedPendulumKernel(_BatchedMujocoKernel):
+    """Gymnasium's InvertedPendulum-v5 (``InvertedPendulumEnv.step``), the same numbers as ``env.step``.
+
+    obs = qpos ++ qvel; terminated when obs is not finite or the pole angle |qpos[1]| exceeds 0.2;
+    reward = reward_survive = 1 unless terminated. Its two frames of a 2-joint model take ~3 us, less
+    than a thread hand-off, so the slice is stepped by one thread (``releases_gil = False``).
+    """
+
+    term_names: ClassVar[tuple[str, ...]] = ("reward_survive",)
+    releases_gil: ClassVar[bool] = False
+
+    @staticmethod
+    def env_class() -> type:
+        from gymnasium.envs.mujoco.inverted_pendulum_v5 import InvertedPendulumEnv
+
+        return InvertedPendulumEnv
+
+    def _finish(self, actions: np.ndarray, before: np.ndarray, state: np.ndarray, out: StepBatch) -> None:
+        del actions, before
+        with np.errstate(invalid="ignore"):  # a NaN angle compares False; the isfinite test catches it
+            terminated = ~np.isfinite(state).all(axis=1) | (np.abs(state[:, 1]) > 0.2)
+        out.obs[:] = state
+        out.reward[:] = ~terminated
+        out.terminated[:] = terminated
+        out.terms[0] = out.reward
+
+
+KERNELS: tuple[type, ...] = (HalfCheetahKernel, InvertedPendulumKernel)
 """Batched kernels, tried in order; each has ``accepts(envs)``, ``term_names`` and ``releases_gil``."""
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 import rl_control.networks as networks
-from rl_control.algorithms.ppo import clip_grad_norm
-from rl_control.config import PolicyConfig
+from rl_control.algorithms.ppo import PPO, clip_grad_norm
+from rl_control.buffers import Minibatch
+from rl_control.config import PolicyConfig, PPOConfig
 from rl_control.networks import ActorCritic
+from rl_control.optim import FusedAdam
+from rl_control.ppo_numpy_grad import numpy_ppo_gradient
 from rl_control.rollout_policy import merge_layer_stacks, numpy_rollout_policy
 
 
@@ -118,3 +123,127 @@ def test_clip_grad_norm_matches_torch():
     torch.testing.assert_close(total, want)
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_fused_adam_steps_like_torch_adam_and_shares_its_state_layout():
+    """FusedAdam equals torch.optim.Adam(fused=True) bit for bit, with two parameter groups, a parameter
+    left without gradient, an lr change mid-way, and a checkpoint loaded across the two classes."""
+    torch.manual_seed(0)
+    shapes = [(6, 4), (6,), (3, 6), (3,)]
+    start = [torch.randn(s) for s in shapes]
+
+    def make(cls, **kw):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        groups = [{"params": params[:2], "lr": 3e-3}, {"params": params[2:], "lr": 1e-3}]
+        return params, cls(groups, betas=(0.8, 0.99), eps=1e-5, **kw)
+
+    def run(params, opt, steps, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for t in range(steps):
+            for i, p in enumerate(params):
+                # parameter 3 has no gradient on odd steps: its moments and step count must not move
+                p.grad = None if (i == 3 and t % 2) else torch.randn(p.shape, generator=gen)
+            if t == 3:
+                opt.param_groups[0]["lr"] = 5e-4
+            opt.step()
+
+    ours, ours_opt = make(FusedAdam)
+    ref, ref_opt = make(torch.optim.Adam, fused=True)
+    run(ours, ours_opt, 7, seed=1)
+    run(ref, ref_opt, 7, seed=1)
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
+    assert ref_opt.state[ref[3]]["step"].item() == 4.0  # steps 0, 2, 4, 6
+    for a, b in zip(ours, ref, strict=True):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(ours_opt.state[a][key], ref_opt.state[b][key])
+            assert ours_opt.state[a][key].dtype == ref_opt.state[b][key].dtype
+    # A checkpoint of either class resumes in the other with identical results.
+    # (deep copies: load_state_dict may keep the very tensors it is given, which the two would then share)
+    ours_state, ref_state = copy.deepcopy(ours_opt.state_dict()), copy.deepcopy(ref_opt.state_dict())
+    ours_opt.load_state_dict(ref_state)
+    ref_opt.load_state_dict(ours_state)
+    run(ours, ours_opt, 3, seed=2)
+    run(ref, ref_opt, 3, seed=2)
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+def _ppo_minibatch(policy: ActorCritic, batch: int, seed: int) -> Minibatch:
+    """A minibatch whose ratios fall inside and outside the clip range and whose values move both ways."""
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(batch, policy.obs_size, generator=gen) * 2
+    with torch.no_grad():
+        mean, values, _ = policy(obs)
+        actions = mean + torch.randn(mean.shape, generator=gen) * policy.log_std.exp()
+        log_probs, _ = policy.distribution(mean, actions)
+    return Minibatch(
+        obs=obs,
+        actions=actions,
+        log_probs=log_probs + 0.4 * torch.randn(batch, generator=gen),
+        values=values + 0.3 * torch.randn(batch, generator=gen),
+        advantages=torch.randn(batch, generator=gen) * 3 + 0.5,
+        returns=values + torch.randn(batch, generator=gen),
+        old_out=mean + 0.1 * torch.randn(mean.shape, generator=gen),
+        mask=None,
+        state=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("activation", "normalize_obs", "clip_value", "entropy_coef", "normalize_adv"),
+    [("tanh", False, None, 0.0, True), ("tanh", True, 0.2, 0.01, True), ("relu", False, 0.3, 0.0, False)],
+)
+def test_numpy_ppo_gradient_equals_autograd(activation, normalize_obs, clip_value, entropy_coef, normalize_adv):
+    torch.manual_seed(0)
+    cfg = PolicyConfig(hidden_sizes=(32, 16), activation=activation, normalize_obs=normalize_obs, init_log_std=-0.3)
+    policy = ActorCritic(5, 2, cfg)
+    for p in policy.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    if normalize_obs:
+        policy.normalizer.update(torch.randn(200, 5) * 3 + 1)
+    algo_cfg = PPOConfig(
+        clip_value=clip_value, entropy_coef=entropy_coef, value_coef=0.7, normalize_advantages=normalize_adv,
+        max_grad_norm=1e9,  # no clipping here: compare the raw gradients
+    )
+    algo = PPO(policy, algo_cfg, total_iterations=1)
+    assert algo.numpy_gradient is not None
+    mb = _ppo_minibatch(policy, 96, seed=1)
+    old_log_std = policy.log_std.detach() - 0.05
+
+    loss, ref_stats = algo._minibatch_loss(mb, old_log_std)
+    policy.zero_grad(set_to_none=True)
+    loss.backward()
+    ref_grads = [p.grad.clone() for p in policy.parameters()]
+    assert 0.1 < ref_stats[4] < 0.9  # the clip fraction: both branches of the surrogate are exercised
+
+    stats = algo.numpy_gradient(mb, old_log_std.numpy())
+    np.testing.assert_allclose(stats, ref_stats.numpy(), rtol=1e-5, atol=1e-6)
+    for (name, p), ref in zip(policy.named_parameters(), ref_grads, strict=True):
+        np.testing.assert_allclose(p.grad.numpy(), ref.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_numpy_ppo_gradient_clips_to_the_global_norm_like_clip_grad_norm():
+    torch.manual_seed(1)
+    policy = ActorCritic(3, 1, PolicyConfig(hidden_sizes=(8, 8)))
+    algo = PPO(policy, PPOConfig(max_grad_norm=0.05), total_iterations=1)
+    mb = _ppo_minibatch(policy, 40, seed=2)
+    old_log_std = policy.log_std.detach().clone()
+    loss, _ = algo._minibatch_loss(mb, old_log_std)
+    loss.backward()
+    clip_grad_norm(list(policy.parameters()), 0.05)
+    ref = [p.grad.clone() for p in policy.parameters()]
+    algo.numpy_gradient(mb, old_log_std.numpy())
+    grads = [p.grad for p in policy.parameters()]
+    assert float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))) == pytest.approx(0.05, rel=1e-4)
+    for g, r in zip(grads, ref, strict=True):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_numpy_ppo_gradient_declines_what_it_does_not_cover():
+    mlp = ActorCritic(3, 2, PolicyConfig(hidden_sizes=(8,)))
+    assert numpy_ppo_gradient(mlp, PPOConfig()) is not None
+    assert numpy_ppo_gradient(mlp, PPOConfig(surrogate="kl_penalty")) is None
+    assert numpy_ppo_gradient(ActorCritic(3, 2, PolicyConfig(hidden_sizes=(8,), activation="elu")), PPOConfig()) is None
+    assert numpy_ppo_gradient(ActorCritic(3, 2, PolicyConfig(kind="lstm", lstm_hidden=8)), PPOConfig()) is None
+    assert numpy_ppo_gradient(ActorCritic(3, 4, PolicyConfig(), discrete=True), PPOConfig()) is None

@@ -182,6 +182,25 @@ def test_batched_kernel_equals_env_step(threads: int) -> None:
         slow.close()
 
 
+def test_inverted_pendulum_kernel_equals_env_step() -> None:
+    """InvertedPendulum's kernel reproduces Gymnasium's step, including its pole-angle termination."""
+    n, steps = 4, 300
+    fast = make_vector_env("InvertedPendulum-v5", n, workers=0, seed=5)
+    slow = make_vector_env("InvertedPendulum-v5", n, workers=0, seed=5, batch_kernels=False)
+    try:
+        assert fast.kernels == ["InvertedPendulumKernel"] and slow.kernels == ["LoopKernel"]
+        assert fast.threads == 1  # two frames of a 2-joint model: not worth a thread hand-off
+        # Small pushes keep the pole up for a while, large ones topple it: long and short episodes.
+        actions = _actions(fast.single_action_space, n, steps, seed=2) * np.float32(0.3)
+        fast_run, slow_run = _rollout(fast, actions, 6), _rollout(slow, actions, 6)
+        _assert_same(fast_run, slow_run)
+        terminated = np.array(fast_run[3::10])  # the `term` entry of every step
+        assert terminated.sum() >= 10  # several episodes ended, so auto-reset after termination is covered
+    finally:
+        fast.close()
+        slow.close()
+
+
 def test_all_finite_matches_numpy() -> None:
     rng = np.random.default_rng(0)
     for dtype in (np.float16, np.float32, np.float64):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rl_control.offpolicy_networks import OffPolicyActor
+from rl_control.optim import FusedAdam
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,10 @@ class OffPolicyAlgorithm:
         return self.log_alpha.detach().exp()
 
     # ---- optimizer / checkpoint ---------------------------------------------------------------------------
-    def _make_optimizer(self, groups: list[tuple[list[torch.Tensor], float]]) -> torch.optim.Adam:
+    def _make_optimizer(self, groups: list[tuple[list[torch.Tensor], float]]) -> FusedAdam:
         """One fused Adam over all parameter groups (params, lr); empty groups are skipped."""
         materialized = [(list(params), lr) for params, lr in groups]  # .parameters() are one-shot iterators
-        return torch.optim.Adam([{"params": p, "lr": lr} for p, lr in materialized if p], fused=True)
+        return FusedAdam([{"params": p, "lr": lr} for p, lr in materialized if p])
 
     def modules(self) -> dict[str, nn.Module]:
         """Named modules whose state goes into checkpoints (subclasses extend)."""
