@@ -30,7 +30,6 @@ locally); see :mod:`rl_control.distributed.ray_offpolicy`.
 from __future__ import annotations
 
 import math
-import random
 import signal
 import time
 from collections import deque
@@ -43,12 +42,13 @@ import torch
 from rl_control.algorithms import make_offpolicy_algorithm
 from rl_control.algorithms.offpolicy_base import SpaceSpec
 from rl_control.checkpoint import load_checkpoint, save_checkpoint
-from rl_control.config import RunConfig, load_config
+from rl_control.config import RunConfig
 from rl_control.metrics import MetricsLogger
 from rl_control.offpolicy_networks import OffPolicyActor
 from rl_control.replay import ReplayBuffer
 from rl_control.runner import (
     CHECKPOINT_NAME,
+    CheckpointedRunner,
     TrainResult,
     evaluate_policy,
     make_progress,
@@ -69,7 +69,7 @@ def build_actor(cfg: RunConfig, obs_space: gym.Space, act_space: gym.Space) -> O
     return OffPolicyActor(spec.obs_size, spec.action_size, cfg.policy, kind, spec.action_low, spec.action_high)
 
 
-class OffPolicyRunner:
+class OffPolicyRunner(CheckpointedRunner):
     """Drives SAC / TD3 / TQC / recurrent SAC. See the module docstring."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, show_progress: bool = True) -> None:
@@ -113,46 +113,17 @@ class OffPolicyRunner:
         self._stop_requested = True
 
     # ---- checkpoints -------------------------------------------------------------------------------------
-    @classmethod
-    def resume(cls, run_dir: str | Path, show_progress: bool = True) -> OffPolicyRunner:
-        run_dir = Path(run_dir)
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        runner = cls(load_config(run_dir / "config.yaml"), run_dir, show_progress)
-        runner._restore(ckpt)
-        return runner
+    def _extra_state(self) -> dict:
+        return {"update_debt": self.update_debt}
 
-    def _restore(self, ckpt: dict) -> None:
-        self.algo.load_state_dict(ckpt["algo"])
-        self.iteration, self.global_step = ckpt["iteration"], ckpt["global_step"]
+    def _restore_extra(self, ckpt: dict) -> None:
         self.update_debt = ckpt["update_debt"]
-        self.np_rng.bit_generator.state = ckpt["np_rng"]
-        self.torch_gen.set_state(ckpt["torch_gen"])
-        torch.set_rng_state(ckpt["torch_global"])
-        random.setstate(ckpt["py_random"])
-        self.last_eval = ckpt.get("last_eval")
         replay_path = self.run_dir / REPLAY_NAME
         if self.cfg.algo.save_replay and replay_path.is_file():
             saved = load_checkpoint(replay_path)
             # A replay file newer than the checkpoint (killed between the two writes) is not used.
             if saved["global_step"] == self.global_step:
                 self.replay.load_state_dict(saved["replay"])
-        self._resumed_step = self.global_step
-
-    def checkpoint_payload(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
-            "algo": self.algo.state_dict(),
-            "iteration": self.iteration,
-            "global_step": self.global_step,
-            "update_debt": self.update_debt,
-            "np_rng": self.np_rng.bit_generator.state,
-            "torch_gen": self.torch_gen.get_state(),
-            "torch_global": torch.get_rng_state(),
-            "py_random": random.getstate(),
-            "last_eval": self.last_eval,
-            "config": self.cfg.model_dump(mode="json"),
-            "config_hash": self.cfg.digest(),
-        }
 
     def save(self) -> Path:
         if self.cfg.algo.save_replay:

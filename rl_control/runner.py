@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Self
 
 import gymnasium as gym
 import numpy as np
@@ -113,7 +114,66 @@ class TrainResult:
     interrupted: bool
 
 
-class Runner:
+class CheckpointedRunner:
+    """Checkpoint contents and resume, shared by both runners: weights, algorithm state (optimizers
+    included), counters, every random generator (numpy's, the collection generator, torch's global one,
+    Python's), the last evaluation and the config. A runner adds its own entries in ``_extra_state`` and
+    reads them back in ``_restore_extra``."""
+
+    policy: torch.nn.Module
+    algo: Any
+    cfg: RunConfig
+    iteration: int
+    global_step: int
+    np_rng: np.random.Generator
+    torch_gen: torch.Generator
+    last_eval: dict | None
+    _resumed_step: int | None
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, show_progress: bool = True) -> Self:
+        run_dir = Path(run_dir)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        runner = cls(load_config(run_dir / "config.yaml"), run_dir, show_progress)
+        runner._restore(ckpt)
+        return runner
+
+    def checkpoint_payload(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "algo": self.algo.state_dict(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "np_rng": self.np_rng.bit_generator.state,
+            "torch_gen": self.torch_gen.get_state(),
+            "torch_global": torch.get_rng_state(),
+            "py_random": random.getstate(),
+            "last_eval": self.last_eval,
+            **self._extra_state(),
+            "config": self.cfg.model_dump(mode="json"),
+            "config_hash": self.cfg.digest(),
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        self.policy.load_state_dict(ckpt["policy"])
+        self.algo.load_state_dict(ckpt["algo"])
+        self.iteration, self.global_step = ckpt["iteration"], ckpt["global_step"]
+        self.np_rng.bit_generator.state = ckpt["np_rng"]
+        self.torch_gen.set_state(ckpt["torch_gen"])
+        torch.set_rng_state(ckpt["torch_global"])
+        random.setstate(ckpt["py_random"])
+        self.last_eval = ckpt.get("last_eval")
+        self._restore_extra(ckpt)
+        self._resumed_step = self.global_step
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _restore_extra(self, ckpt: dict) -> None:
+        del ckpt
+
+
+class Runner(CheckpointedRunner):
     """Drives an on-policy algorithm. ``Runner(cfg, run_dir).train()``; ``Runner.resume(run_dir).train()``."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, show_progress: bool = True) -> None:
@@ -154,42 +214,12 @@ class Runner:
     def _seed_everything(seed: int) -> None:
         seed_everything(seed)
 
-    @classmethod
-    def resume(cls, run_dir: str | Path, show_progress: bool = True) -> Runner:
-        run_dir = Path(run_dir)
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        runner = cls(load_config(run_dir / "config.yaml"), run_dir, show_progress)
-        runner._restore(ckpt)
-        return runner
+    def _extra_state(self) -> dict:
+        return {"reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler is not None else None}
 
-    def _restore(self, ckpt: dict) -> None:
-        self.policy.load_state_dict(ckpt["policy"])
-        self.algo.load_state_dict(ckpt["algo"])
-        self.iteration, self.global_step = ckpt["iteration"], ckpt["global_step"]
-        self.np_rng.bit_generator.state = ckpt["np_rng"]
-        self.torch_gen.set_state(ckpt["torch_gen"])
-        torch.set_rng_state(ckpt["torch_global"])
-        random.setstate(ckpt["py_random"])
-        self.last_eval = ckpt.get("last_eval")
+    def _restore_extra(self, ckpt: dict) -> None:
         if self.reward_scaler is not None and ckpt.get("reward_scaler") is not None:
             self.reward_scaler.load_state_dict(ckpt["reward_scaler"])
-        self._resumed_step = self.global_step
-
-    def checkpoint_payload(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
-            "algo": self.algo.state_dict(),
-            "iteration": self.iteration,
-            "global_step": self.global_step,
-            "np_rng": self.np_rng.bit_generator.state,
-            "torch_gen": self.torch_gen.get_state(),
-            "torch_global": torch.get_rng_state(),
-            "py_random": random.getstate(),
-            "last_eval": self.last_eval,
-            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler is not None else None,
-            "config": self.cfg.model_dump(mode="json"),
-            "config_hash": self.cfg.digest(),
-        }
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME

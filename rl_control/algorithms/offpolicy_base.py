@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_control import offpolicy_math as M
 from rl_control.offpolicy_networks import OffPolicyActor
 from rl_control.optim import FusedAdam
 
@@ -55,6 +56,8 @@ class OffPolicyAlgorithm:
     uses_sequences = False
     """True: ``update`` takes :class:`rl_control.replay.SequenceBatch` (recurrent SAC)."""
     actor: OffPolicyActor
+    critic: nn.Module
+    critic_target: nn.Module
 
     def __init__(self, spec: SpaceSpec) -> None:
         self.spec = spec
@@ -73,6 +76,40 @@ class OffPolicyAlgorithm:
         """Current temperature as a constant (no gradient flows into alpha from the other losses)."""
         return self.log_alpha.detach().exp()
 
+    # ---- the shared skeleton of the entropy-regularized algorithms (SAC, TQC, recurrent SAC) -------------
+    def _init_soft_learning(self, cfg, target_entropy: float) -> None:
+        """Temperature, one fused Adam over actor, critic (and log-alpha when tuned), critic-target pairs.
+
+        ``cfg`` has init_alpha, auto_alpha, actor_lr, critic_lr, alpha_lr and tau; ``self.actor``,
+        ``self.critic`` and ``self.critic_target`` exist.
+        """
+        self._init_temperature(cfg.init_alpha, cfg.auto_alpha, target_entropy)
+        groups = [(self.actor.parameters(), cfg.actor_lr), (self.critic.parameters(), cfg.critic_lr)]
+        if cfg.auto_alpha:
+            groups.append(([self.log_alpha], cfg.alpha_lr))
+        self.optimizer = self._make_optimizer(groups)
+        self._target_params = list(self.critic_target.parameters())
+        self._online_params = list(self.critic.parameters())
+
+    def _soft_step(self, loss: torch.Tensor, log_prob: torch.Tensor) -> None:
+        """Add the temperature loss (when tuned), take the one backward pass and Adam step, polyak the target."""
+        if self.auto_alpha:
+            loss = loss + M.temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        M.polyak_update(self._target_params, self._online_params, self.cfg.tau)
+        self.updates += 1
+
+    @staticmethod
+    def _require_continuous_mlp(name: str, spec: SpaceSpec, kind: str) -> None:
+        """TD3 and TQC: continuous actions and an MLP policy, with a message pointing to what does the rest."""
+        if spec.discrete:
+            raise ValueError(f"{name} needs continuous actions; use SAC for discrete action spaces")
+        if kind != "mlp":
+            raise ValueError(f"{name} supports MLP policies only; recurrent off-policy learning is SAC with "
+                             "policy.kind=lstm")
+
     # ---- optimizer / checkpoint ---------------------------------------------------------------------------
     def _make_optimizer(self, groups: list[tuple[list[torch.Tensor], float]]) -> FusedAdam:
         """One fused Adam over all parameter groups (params, lr); empty groups are skipped."""
@@ -80,8 +117,8 @@ class OffPolicyAlgorithm:
         return FusedAdam([{"params": p, "lr": lr} for p, lr in materialized if p])
 
     def modules(self) -> dict[str, nn.Module]:
-        """Named modules whose state goes into checkpoints (subclasses extend)."""
-        return {"actor": self.actor}
+        """Named modules whose state goes into checkpoints (TD3 adds its actor target)."""
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
     def state_dict(self) -> dict:
         state = {name: m.state_dict() for name, m in self.modules().items()}

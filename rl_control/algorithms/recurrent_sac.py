@@ -67,16 +67,7 @@ class RecurrentSAC(OffPolicyAlgorithm):
         self.critic = RecurrentCritic(spec.obs_size, spec.action_size, policy_cfg)
         self.critic_target = target_copy(self.critic)
         target = cfg.target_entropy if cfg.target_entropy is not None else -float(spec.action_size)
-        self._init_temperature(cfg.init_alpha, cfg.auto_alpha, target)
-        groups = [(self.actor.parameters(), cfg.actor_lr), (self.critic.parameters(), cfg.critic_lr)]
-        if cfg.auto_alpha:
-            groups.append(([self.log_alpha], cfg.alpha_lr))
-        self.optimizer = self._make_optimizer(groups)
-        self._target_params = list(self.critic_target.parameters())
-        self._online_params = list(self.critic.parameters())
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+        self._init_soft_learning(cfg, target)
 
     @torch.no_grad()
     def explore(
@@ -112,14 +103,7 @@ class RecurrentSAC(OffPolicyAlgorithm):
         # The actor's gradient flows through dQ/da only: critic features and weights are constants here.
         q_pi = self.critic.q(feats.detach(), a_pi, detach_params=True).min(0).values  # [W, S]
         actor_loss = ((alpha * logp - q_pi) * mask).sum() / denom
-        loss = critic_loss + actor_loss
         logp_masked = logp[mask > 0]
-        if self.auto_alpha:
-            loss = loss + M.temperature_loss(self.log_alpha, logp_masked, self.target_entropy)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        M.polyak_update(self._target_params, self._online_params, cfg.tau)
-        self.updates += 1
+        self._soft_step(critic_loss + actor_loss, logp_masked)
         return {"loss/critic": critic_loss.item(), "loss/actor": actor_loss.item(), "alpha": alpha.item(),
                 "entropy": -logp_masked.mean().item(), "q": ((q.detach().mean(0) * mask).sum() / denom).item()}

@@ -53,16 +53,7 @@ class SAC(OffPolicyAlgorithm):
             target = cfg.target_entropy_ratio * math.log(spec.action_size)  # Christodoulou 2019, section 4
         else:
             target = -float(spec.action_size)  # Haarnoja et al. 2018b, section 5
-        self._init_temperature(cfg.init_alpha, cfg.auto_alpha, target)
-        groups = [(self.actor.parameters(), cfg.actor_lr), (self.critic.parameters(), cfg.critic_lr)]
-        if cfg.auto_alpha:
-            groups.append(([self.log_alpha], cfg.alpha_lr))
-        self.optimizer = self._make_optimizer(groups)
-        self._target_params = list(self.critic_target.parameters())
-        self._online_params = list(self.critic.parameters())
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+        self._init_soft_learning(cfg, target)
 
     # ---- acting ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -116,13 +107,6 @@ class SAC(OffPolicyAlgorithm):
         alpha = self.alpha
         losses = self._discrete_losses if self.discrete else self._continuous_losses
         critic_loss, actor_loss, logp, q = losses(batch, x, xn, alpha)
-        loss = critic_loss + actor_loss
-        if self.auto_alpha:
-            loss = loss + M.temperature_loss(self.log_alpha, logp, self.target_entropy)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        M.polyak_update(self._target_params, self._online_params, self.cfg.tau)
-        self.updates += 1
+        self._soft_step(critic_loss + actor_loss, logp)
         return {"loss/critic": critic_loss.item(), "loss/actor": actor_loss.item(), "alpha": alpha.item(),
                 "entropy": -logp.mean().item(), "q": q.detach().mean().item()}

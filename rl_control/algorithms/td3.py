@@ -27,11 +27,7 @@ class TD3(OffPolicyAlgorithm):
 
     def __init__(self, spec: SpaceSpec, policy_cfg: PolicyConfig, cfg: TD3Config) -> None:
         super().__init__(spec)
-        if spec.discrete:
-            raise ValueError("TD3 needs continuous actions; use SAC for discrete action spaces")
-        if policy_cfg.kind != "mlp":
-            raise ValueError("TD3 supports MLP policies only; recurrent off-policy learning is SAC with "
-                             "policy.kind=lstm")
+        self._require_continuous_mlp("TD3", spec, policy_cfg.kind)
         self.cfg = cfg
         self.actor = OffPolicyActor(spec.obs_size, spec.action_size, policy_cfg, "deterministic",
                                     spec.action_low, spec.action_high)

@@ -29,11 +29,7 @@ class TQC(OffPolicyAlgorithm):
 
     def __init__(self, spec: SpaceSpec, policy_cfg: PolicyConfig, cfg: TQCConfig) -> None:
         super().__init__(spec)
-        if spec.discrete:
-            raise ValueError("TQC needs continuous actions; use SAC for discrete action spaces")
-        if policy_cfg.kind != "mlp":
-            raise ValueError("TQC supports MLP policies only; recurrent off-policy learning is SAC with "
-                             "policy.kind=lstm")
+        self._require_continuous_mlp("TQC", spec, policy_cfg.kind)
         if cfg.top_quantiles_to_drop >= cfg.n_quantiles:
             raise ValueError(f"top_quantiles_to_drop={cfg.top_quantiles_to_drop} leaves no atoms of "
                              f"n_quantiles={cfg.n_quantiles}")
@@ -45,17 +41,8 @@ class TQC(OffPolicyAlgorithm):
                                      cfg.n_critics, policy_cfg.activation)
         self.critic_target = target_copy(self.critic)
         target = cfg.target_entropy if cfg.target_entropy is not None else -float(spec.action_size)
-        self._init_temperature(cfg.init_alpha, cfg.auto_alpha, target)
-        groups = [(self.actor.parameters(), cfg.actor_lr), (self.critic.parameters(), cfg.critic_lr)]
-        if cfg.auto_alpha:
-            groups.append(([self.log_alpha], cfg.alpha_lr))
-        self.optimizer = self._make_optimizer(groups)
+        self._init_soft_learning(cfg, target)
         self.taus = M.quantile_taus(cfg.n_quantiles).repeat(cfg.n_critics)  # [N * M], critic-major
-        self._target_params = list(self.critic_target.parameters())
-        self._online_params = list(self.critic.parameters())
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
     @torch.no_grad()
     def explore(
@@ -87,13 +74,6 @@ class TQC(OffPolicyAlgorithm):
         # Kuznetsov et al. 2020, eq. 12: the actor maximizes the mean of all (untruncated) atoms.
         q_pi = self.critic(torch.cat([x, a_pi], -1), detach_params=True).mean(dim=(0, 2))  # [B]
         actor_loss = (alpha * logp - q_pi).mean()
-        loss = critic_loss + actor_loss
-        if self.auto_alpha:
-            loss = loss + M.temperature_loss(self.log_alpha, logp, self.target_entropy)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        M.polyak_update(self._target_params, self._online_params, cfg.tau)
-        self.updates += 1
+        self._soft_step(critic_loss + actor_loss, logp)
         return {"loss/critic": critic_loss.item(), "loss/actor": actor_loss.item(), "alpha": alpha.item(),
                 "entropy": -logp.mean().item(), "q": z.detach().mean().item()}
