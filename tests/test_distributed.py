@@ -14,6 +14,7 @@ ends exactly those processes by pid and checks that none is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -140,39 +141,59 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _train_and_kill_a_worker(
-    ray_cluster: Cluster, tmp_path: Path, overrides: list[str]
-) -> tuple[Path, dict, list[dict], list[dict]]:
-    """Train with ``overrides`` on the cluster, kill the worker on the second node after two iterations, wait
-    for the end; checks the run finished after the kill and the worker was replaced. Returns the run folder,
-    the killed worker's placement event, the metrics and the distributed events."""
+def _ray_train_args(ray_cluster: Cluster, tmp_path: Path, overrides: list[str]) -> list[str]:
+    """``rlctl train`` of the run folder ``tmp_path/run`` on the cluster with 2 workers and ``overrides``."""
     args = [str(BIN / "rlctl"), "train", "--runs", str(tmp_path), "--name", "run"]
     for o in overrides + [
         "distributed.backend=ray", f"distributed.address={ray_cluster.address}",
         f"distributed.node_ip_address={HEAD_IP}", "distributed.workers=2", "distributed.worker_timeout_s=60",
     ]:
         args += ["--set", o]
-    run_dir = tmp_path / "run"
-    log_path = tmp_path / "train.log"
-    with log_path.open("w") as log:
-        trainer = subprocess.Popen(args, env=ray_cluster.env, stdout=log, stderr=subprocess.STDOUT)
+    return args
+
+
+@contextlib.contextmanager
+def _trainer(ray_cluster: Cluster, tmp_path: Path, overrides: list[str]) -> Iterator[subprocess.Popen]:
+    """The ``rlctl train`` process of :func:`_ray_train_args`, output in ``tmp_path/train.log``; killed on exit
+    if still running."""
+    with (tmp_path / "train.log").open("w") as log:
+        trainer = subprocess.Popen(
+            _ray_train_args(ray_cluster, tmp_path, overrides), env=ray_cluster.env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            # Wait for two finished iterations, then kill the worker on the second node mid-run.
-            deadline = time.monotonic() + 90
-            while len(_read_jsonl(run_dir / "metrics.jsonl")) < 2:
-                assert trainer.poll() is None, f"training ended early:\n{log_path.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"no progress:\n{log_path.read_text()[-3000:]}"
-                time.sleep(0.05)
-            placed = [e for e in _read_jsonl(run_dir / "distributed_events.jsonl") if e["event"] == "placed"]
-            assert {e["node_ip"] for e in placed} == {HEAD_IP, WORKER_IP}, placed  # workers on both nodes
-            victim = next(e for e in placed if e["node_ip"] == WORKER_IP)
-            killed_at = len(_read_jsonl(run_dir / "metrics.jsonl"))
-            os.kill(victim["pid"], signal.SIGKILL)
-            trainer.wait(timeout=90)
+            yield trainer
         finally:
             if trainer.poll() is None:
                 trainer.kill()
                 trainer.wait()
+
+
+def _wait_for_iterations(trainer: subprocess.Popen, run_dir: Path, log_path: Path, n: int) -> None:
+    """Until ``n`` iterations are in the run's metrics; the trainer must still be running."""
+    deadline = time.monotonic() + 120
+    while len(_read_jsonl(run_dir / "metrics.jsonl")) < n:
+        assert trainer.poll() is None, f"training ended early:\n{log_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no progress:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def _train_and_kill_a_worker(
+    ray_cluster: Cluster, tmp_path: Path, overrides: list[str]
+) -> tuple[Path, dict, list[dict], list[dict]]:
+    """Train with ``overrides`` on the cluster, kill the worker on the second node after two iterations, wait
+    for the end; checks the run finished after the kill and the worker was replaced. Returns the run folder,
+    the killed worker's placement event, the metrics and the distributed events."""
+    run_dir, log_path = tmp_path / "run", tmp_path / "train.log"
+    with _trainer(ray_cluster, tmp_path, overrides) as trainer:
+        # Wait for two finished iterations, then kill the worker on the second node mid-run.
+        _wait_for_iterations(trainer, run_dir, log_path, 2)
+        placed = [e for e in _read_jsonl(run_dir / "distributed_events.jsonl") if e["event"] == "placed"]
+        assert {e["node_ip"] for e in placed} == {HEAD_IP, WORKER_IP}, placed  # workers on both nodes
+        victim = next(e for e in placed if e["node_ip"] == WORKER_IP)
+        killed_at = len(_read_jsonl(run_dir / "metrics.jsonl"))
+        os.kill(victim["pid"], signal.SIGKILL)
+        trainer.wait(timeout=90)
     output = log_path.read_text()
     assert trainer.returncode == 0, output[-3000:]
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
@@ -200,21 +221,53 @@ def test_ppo_on_two_node_cluster_survives_a_killed_worker(ray_cluster: Cluster, 
     assert all(m["steps_per_s"] > 0 for m in metrics)
 
 
+def _offpolicy_overrides(algo: str, seed: int, iterations: int, iteration_steps: int, checkpoint_every: int) -> list:
+    """A small off-policy run on the pendulum with 4 envs; the warm-up is the first iteration."""
+    return [
+        f"seed={seed}", f"algo.name={algo}", "env.task=pendulum_swingup", "env.num_envs=4",
+        "policy.hidden_sizes=[32, 32]", f"algo.iteration_steps={iteration_steps}",
+        f"algo.warmup_steps={iteration_steps}", "algo.batch_size=64",
+        f"runner.total_steps={iterations * iteration_steps}", "runner.eval_every=1000", "runner.eval_episodes=1",
+        f"runner.checkpoint_every={checkpoint_every}",
+    ]
+
+
 def test_sac_streams_transitions_on_two_node_cluster_and_survives_a_killed_worker(
     ray_cluster: Cluster, tmp_path: Path
 ) -> None:
     """Off-policy over Ray: workers on both nodes stream transitions into the learner's replay buffer; a killed
     worker is replaced, training continues and the buffer keeps growing by every iteration's transitions."""
-    iterations, num_envs, iteration_steps = 12, 4, 200
-    overrides = [
-        "seed=1", "algo.name=sac", "env.task=pendulum_swingup", f"env.num_envs={num_envs}",
-        "policy.hidden_sizes=[32, 32]", f"algo.iteration_steps={iteration_steps}", "algo.warmup_steps=200",
-        "algo.batch_size=64", f"runner.total_steps={iterations * iteration_steps}", "runner.eval_every=1000",
-        "runner.eval_episodes=1", "runner.checkpoint_every=1000",
-    ]
+    iterations, iteration_steps = 12, 200
+    overrides = _offpolicy_overrides("sac", 1, iterations, iteration_steps, checkpoint_every=1000)
     run_dir, _, metrics, _ = _train_and_kill_a_worker(ray_cluster, tmp_path, overrides)
     assert [m["iteration"] for m in metrics] == list(range(1, iterations + 1)), "an iteration is missing"
     # Every iteration's transitions reached the replay buffer, the replaced worker's included.
     assert [m["replay/size"] for m in metrics] == [iteration_steps * i for i in range(1, iterations + 1)]
     assert all(m["updates"] == iteration_steps for m in metrics[1:])  # utd 1 after the warm-up iteration
     assert (run_dir / "checkpoints").is_dir()
+
+
+def test_killed_learner_resumes_on_the_cluster_without_a_gap(ray_cluster: Cluster, tmp_path: Path) -> None:
+    """A SIGKILLed off-policy learner (its Ray workers die with it) resumes from its last checkpoint: new
+    workers are placed on the cluster and the metrics continue with no gap and no repeated iteration."""
+    iterations, iteration_steps = 8, 100
+    overrides = _offpolicy_overrides("td3", 2, iterations, iteration_steps, checkpoint_every=1)
+    run_dir = tmp_path / "run"
+    with _trainer(ray_cluster, tmp_path, overrides) as trainer:
+        _wait_for_iterations(trainer, run_dir, tmp_path / "train.log", 3)
+        trainer.send_signal(signal.SIGKILL)  # no chance to save anything or to stop the workers
+        trainer.wait(timeout=30)
+    killed_at = len(_read_jsonl(run_dir / "metrics.jsonl"))
+    assert 3 <= killed_at < iterations, "the learner must be killed mid-way"
+    placed_before = [e for e in _read_jsonl(run_dir / "distributed_events.jsonl") if e["event"] == "placed"]
+    resumed = subprocess.run(
+        [str(BIN / "rlctl"), "train", "--resume", str(run_dir)],
+        env=ray_cluster.env, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == list(range(1, iterations + 1))  # no gap, no repeat
+    assert [m["step"] for m in metrics] == [iteration_steps * i for i in range(1, iterations + 1)]
+    placed = [e for e in _read_jsonl(run_dir / "distributed_events.jsonl") if e["event"] == "placed"]
+    new_pids = {e["pid"] for e in placed[len(placed_before):]}
+    assert len(new_pids) >= 2 and not new_pids & {e["pid"] for e in placed_before}  # fresh workers
