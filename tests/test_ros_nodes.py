@@ -349,9 +349,14 @@ def test_lifecycle_transitions(launch: Callable[..., NodeProcess], probe: Probe,
     t_quiet = time.monotonic()
     probe.spin_for(0.3)
     assert probe.commands_since(t_quiet) == []
+    # Fresh diagnostics go on while inactive: stopping the control timers must not stop the diagnostics timer.
+    probe.diagnostics.clear()
+    assert probe.spin_until(lambda: (probe.diag("lc_policy") or (0, ""))[1].startswith("inactive"), 3.0)
 
     assert probe.transition("lc_policy", Transition.TRANSITION_CLEANUP)
     assert probe.lifecycle_state("lc_policy") == "unconfigured"
+    probe.diagnostics.clear()
+    assert probe.spin_until(lambda: (probe.diag("lc_policy") or (0, ""))[1].startswith("unconfigured"), 3.0)
     assert probe.transition("lc_policy", Transition.TRANSITION_CONFIGURE)  # can be configured again
     assert probe.transition("lc_policy", Transition.TRANSITION_ACTIVATE)
     t_again = time.monotonic()

@@ -67,7 +67,9 @@ class PolicyNode(LifecycleNode):
         self._estop_reason: str | None = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._entities: list = []  # subscriptions/services/publishers created at configure
-        self._timers: list = []
+        # Not ``_timers``: rclpy's Node keeps its own list of every timer under that name, and replacing it
+        # made deactivate destroy the diagnostics timer too (/diagnostics went silent after a deactivate).
+        self._control_timers: list = []
         self._command_pub = None
         self._joint_sub = self._imu_sub = self._task_command_sub = None
         self._output_is_array = True
@@ -159,7 +161,7 @@ class PolicyNode(LifecycleNode):
         period = self.controller.interface.policy_dt
         if self.config.trigger == "timer":
             # The node clock: wall time, or /clock with use_sim_time.
-            self._timers.append(self.create_timer(period, self._on_timer))
+            self._control_timers.append(self.create_timer(period, self._on_timer))
         # The watchdog runs on the steady clock, so a stalled sensor stream (or a stalled /clock) still
         # leads to the safe command.
         # Every policy period, but not faster than WATCHDOG_MIN_PERIOD: each wake-up of the executor costs
@@ -168,7 +170,9 @@ class PolicyNode(LifecycleNode):
         # A control timer on the wall clock checks the sensor age at every step itself, so this timer is only
         # needed when the trigger can fall silent (sensor trigger, or a timer on /clock).
         if self.config.trigger == "sensor" or self.get_parameter("use_sim_time").value:
-            self._timers.append(self.create_timer(self._watchdog_period, self._on_watchdog, clock=self._steady))
+            self._control_timers.append(
+                self.create_timer(self._watchdog_period, self._on_watchdog, clock=self._steady)
+            )
         self._active = True
         ros_common.freeze_gc()  # the model and interfaces exist now; keep full collections out of the loop
         self.get_logger().info("activated: policy state reset, soft start armed")
@@ -194,9 +198,9 @@ class PolicyNode(LifecycleNode):
 
     def _stop_control(self, reason: str) -> None:
         """Send the safe command (the command publisher is still enabled) and stop the timers."""
-        for timer in self._timers:
+        for timer in self._control_timers:
             self.destroy_timer(timer)
-        self._timers = []
+        self._control_timers = []
         if self.controller is not None:
             self._publish(self.controller.safe_step(self._now(), reason))
         self._active = False
@@ -209,9 +213,9 @@ class PolicyNode(LifecycleNode):
             self.get_logger().info(f"control threads at {self._scheduling.description}")
 
     def _destroy_interfaces(self) -> None:
-        for timer in self._timers:
+        for timer in self._control_timers:
             self.destroy_timer(timer)
-        self._timers = []
+        self._control_timers = []
         for entity in self._entities:
             if entity is self._command_pub:
                 self.destroy_lifecycle_publisher(entity)
@@ -430,8 +434,7 @@ def main(args: list[str] | None = None) -> int:
     # parameter) while the node keeps spinning on the conservative executor to report it.
     priority = node._params.get("thread_priority")
     if isinstance(priority, int) and not isinstance(priority, bool) and 0 < priority <= 99:
-        # Before spinning, for the process's lifetime, as `chrt -f` would. (Changed from inside the activate
-        # transition instead, the node's diagnostics timer stopped after the next deactivate in tests here.)
+        # Before spinning, for the process's lifetime, as `chrt -f` would.
         node._set_scheduling(priority)
     kind = node._params.get("executor")
     kind = kind if kind in EXECUTORS else "single_threaded"
