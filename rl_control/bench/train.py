@@ -59,7 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--offpolicy-parts", default="throughput,learning", help="off-policy parts: throughput, learning"
     )
     parser.add_argument(
-        "--offpolicy-steps", type=int, default=0, help="off-policy learning budget in env steps (default 20k)"
+        "--offpolicy-learning-envs",
+        default="Pendulum-v1",
+        help="envs of the off-policy learning part, comma-separated: Pendulum-v1, HalfCheetah-v5",
+    )
+    parser.add_argument(
+        "--offpolicy-steps",
+        type=int,
+        default=0,
+        help="off-policy learning budget in env steps, all learning envs (default per env: Pendulum-v1 20k, "
+        "HalfCheetah-v5 60k)",
     )
     parser.add_argument("--steps", type=int, default=0, help="env steps per run (default: per suite)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per contender")
@@ -312,6 +321,7 @@ def run(args: argparse.Namespace) -> dict:
                 algos=",".join(offpolicy_algos),
                 parts=args.offpolicy_parts,
                 envs=args.offpolicy_envs,
+                learning_envs=args.offpolicy_learning_envs,
                 rounds=args.repeats,
                 steps=args.offpolicy_steps,
                 seeds=1,

@@ -8,9 +8,14 @@ SB3's DummyVecEnv, one env, one gradient update per env step:
   actions, then a few hundred updates to warm the allocators), at SB3's default network sizes (two
   256-unit ReLU layers; TQC: 5 critics x 25 quantiles, 2 dropped per critic), batch 256. At one update per
   env step this is also env-steps per CPU-second, the unit of the SB3 numbers in issue 4.
-- ``learning``: the deterministic evaluation return (10 episodes) after a fixed budget of env steps on
-  Pendulum-v1, same hyper-parameters for both (64-unit networks, lr 1e-3, TQC with 2 critics so a peer
-  run fits in minutes), and the training throughput of those runs.
+- ``learning``: the deterministic evaluation return (10 episodes) after a fixed budget of env steps, and
+  the training throughput of those runs, on the envs of ``--learning-envs`` (default Pendulum-v1), same
+  hyper-parameters for both contenders, per env (``LEARNING``): Pendulum-v1 with 64-unit networks, lr 1e-3,
+  1000 warm-up steps, 20k steps; HalfCheetah-v5 with SB3's MuJoCo defaults (RL Zoo: 256-unit networks, lr
+  3e-4, 10k warm-up steps; buffer 300k instead of 1M, still larger than the budget), 60k steps; TQC with 2
+  critics x 25 quantiles on both (sb3-contrib's default; it keeps a peer run in minutes). JSON keys:
+  ``results["learning"][algo]`` for Pendulum-v1 (as before), ``results["learning"]["<env>/<algo>"]`` for
+  the other envs; each entry also names its ``env``.
 
 SB3 and sb3-contrib are benchmark-only peers: ``make bench-setup`` installs them into ``.venv-bench``; run
 ``.venv-bench/bin/python -m rl_control.bench.train_offpolicy`` (or ``rlctl bench train-offpolicy``).
@@ -48,19 +53,38 @@ THROUGHPUT = {
 SEGMENT = {"sac": 1000, "td3": 1000, "tqc": 300}
 """Timed env steps (= updates) per throughput sample; TQC's peer is ~10x slower, so fewer."""
 LEARNING = {
-    "hidden": 64,
-    "batch": 256,
-    "lr": 1e-3,
-    "gamma": 0.99,
-    "tau": 0.005,
-    "warmup": 1000,
-    "buffer": 100_000,
-    "n_critics": 2,
-    "n_quantiles": 25,
-    "drop": 2,
-    "steps": 20_000,
+    "Pendulum-v1": {
+        "hidden": 64,
+        "batch": 256,
+        "lr": 1e-3,
+        "gamma": 0.99,
+        "tau": 0.005,
+        "warmup": 1000,
+        "buffer": 100_000,
+        "n_critics": 2,
+        "n_quantiles": 25,
+        "drop": 2,
+        "steps": 20_000,
+    },
+    "HalfCheetah-v5": {
+        "hidden": 256,
+        "batch": 256,
+        "lr": 3e-4,
+        "gamma": 0.99,
+        "tau": 0.005,
+        "warmup": 10_000,
+        "buffer": 300_000,
+        "n_critics": 2,
+        "n_quantiles": 25,
+        "drop": 2,
+        "steps": 60_000,
+    },
 }
-"""Hyper-parameters of the fixed-budget learning runs (Pendulum-v1)."""
+"""Hyper-parameters of the fixed-budget learning runs, per env (``steps``: default budget in env steps).
+HalfCheetah-v5: SB3's MuJoCo defaults (RL Zoo) except the buffer (1M there), which is still larger than the
+budget, so the same training."""
+LEARNING_LEGACY_KEY_ENV = "Pendulum-v1"
+"""Its learning results are keyed by algo alone (the format before other envs); other envs by ``env/algo``."""
 PEERS = {
     "sac": ("stable-baselines3", "stable_baselines3"),
     "td3": ("stable-baselines3", "stable_baselines3"),
@@ -73,7 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", default="throughput,learning", help="comma-separated: throughput, learning")
     parser.add_argument("--envs", default="Pendulum-v1", help="throughput envs, e.g. Pendulum-v1,HalfCheetah-v5")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved throughput samples per contender")
-    parser.add_argument("--steps", type=int, default=0, help="learning budget in env steps (default 20k)")
+    parser.add_argument(
+        "--learning-envs", default="Pendulum-v1", help="learning envs, comma-separated: Pendulum-v1, HalfCheetah-v5"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=0, help="learning budget in env steps, all envs (default per env: 20k, 60k)"
+    )
     parser.add_argument("--seeds", type=int, default=1, help="learning runs per contender (seeds 0, 1, ...)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one contender run, prints JSON
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -330,28 +359,39 @@ def run_offpolicy_bench(args: argparse.Namespace) -> dict:
                 rows_t.append(_throughput_row(env_id, algo, res))
                 print("throughput", " | ".join(rows_t[-1]), flush=True)  # progress; a later failure keeps it
     if "learning" in parts:
-        steps = 3000 if args.quick else (args.steps or LEARNING["steps"])
-        for algo in algos:
-            contenders = ["ours"] + (["sb3"] if peers[algo].available else [])
-            runs = {c: [] for c in contenders}
-            for seed in range(1 if args.quick else args.seeds):
-                job = {
-                    "algo": algo,
-                    "env": "Pendulum-v1",
-                    "hp": LEARNING,
-                    "seed": seed,
-                    "part": "learning",
-                    "steps": steps,
-                    "quick": bool(args.quick),
-                }
-                for c in contenders:
-                    runs[c].append(_spawn(c, job))
-            res = {c: _summary(r, "updates") for c, r in runs.items()}
-            if "sb3" not in res:
-                res["sb3"] = {"unavailable": peers[algo].error}
-            results["learning"][algo] = {"env": "Pendulum-v1", "steps": steps, **res}
-            rows_l.append(_learning_row(algo, steps, res))
-            print("learning", " | ".join(rows_l[-1]), flush=True)
+        learning_envs = [e for e in getattr(args, "learning_envs", LEARNING_LEGACY_KEY_ENV).split(",") if e]
+        unknown = sorted(set(learning_envs) - set(LEARNING))
+        if unknown:
+            raise SystemExit(
+                f"bench train-offpolicy: no learning hyper-parameters for {unknown}; known: {list(LEARNING)}"
+            )
+        for env_id in learning_envs:
+            hp = LEARNING[env_id]
+            steps = 3000 if args.quick else (args.steps or hp["steps"])
+            if args.quick:  # a few hundred updates, so that the quick check also exercises learning
+                hp = {**hp, "warmup": min(hp["warmup"], 1000)}
+            for algo in algos:
+                contenders = ["ours"] + (["sb3"] if peers[algo].available else [])
+                runs = {c: [] for c in contenders}
+                for seed in range(1 if args.quick else args.seeds):
+                    job = {
+                        "algo": algo,
+                        "env": env_id,
+                        "hp": hp,
+                        "seed": seed,
+                        "part": "learning",
+                        "steps": steps,
+                        "quick": bool(args.quick),
+                    }
+                    for c in contenders:
+                        runs[c].append(_spawn(c, job))
+                res = {c: _summary(r, "updates") for c, r in runs.items()}
+                if "sb3" not in res:
+                    res["sb3"] = {"unavailable": peers[algo].error}
+                key = algo if env_id == LEARNING_LEGACY_KEY_ENV else f"{env_id}/{algo}"
+                results["learning"][key] = {"env": env_id, "steps": steps, "hyperparameters": hp, **res}
+                rows_l.append(_learning_row(env_id, algo, steps, hp, res))
+                print("learning", " | ".join(rows_l[-1]), flush=True)
     if rows_t:
         common.print_table(
             "bench train-offpolicy: gradient updates per CPU-second (one update per env step, "
@@ -361,8 +401,19 @@ def run_offpolicy_bench(args: argparse.Namespace) -> dict:
         )
     if rows_l:
         common.print_table(
-            "bench train-offpolicy: Pendulum-v1 return after a fixed budget (64x64 nets)",
-            ["algo", "steps", "ours return", "SB3 return", "ours upd/CPU-s", "SB3 upd/CPU-s", "ours/SB3"],
+            "bench train-offpolicy: return after a fixed budget (deterministic, 10 episodes), updates per "
+            "CPU-second of those runs",
+            [
+                "env",
+                "algo",
+                "nets",
+                "steps",
+                "ours return",
+                "SB3 return",
+                "ours upd/CPU-s",
+                "SB3 upd/CPU-s",
+                "ours/SB3",
+            ],
             rows_l,
         )
     all_peers = list({p.name: p for p in peers.values()}.values())
@@ -391,10 +442,12 @@ def _throughput_row(env_id: str, algo: str, res: dict) -> list[str]:
     ]
 
 
-def _learning_row(algo: str, steps: int, res: dict) -> list[str]:
+def _learning_row(env_id: str, algo: str, steps: int, hp: dict, res: dict) -> list[str]:
     peer = res["sb3"]
     return [
+        env_id,
         algo,
+        f"{hp['hidden']}x{hp['hidden']}",
         f"{steps:,}",
         f"{res['ours']['return_median']:.1f}",
         f"{peer['return_median']:.1f}" if "return_median" in peer else "unavailable",
