@@ -236,7 +236,8 @@ class Runner(CheckpointedRunner):
         policy, venv = self.policy, self.venv
         twin = numpy_rollout_policy(policy, snapshot=True)  # weights are fixed during collection
         views = _BufferViews(buffer)
-        starts = np.array(starts, dtype=bool)  # also accepts the runner's initial torch tensor
+        # The runner's initial starts are a torch tensor; numpy >= 2 warns when np.array converts one directly.
+        starts = starts.numpy().astype(bool) if isinstance(starts, torch.Tensor) else np.array(starts, dtype=bool)
         low, high = policy.action_low.numpy(), policy.action_high.numpy()
         reward_scale = self.cfg.algo.reward_scale
         term_sums: dict[str, np.ndarray] = {}
