@@ -563,11 +563,6 @@ def run_episodes(probe: Probe, sim: str, policy: str, episodes: int, timeout: fl
         assert probe.spin_until(lambda i=i: len(probe.returns) > i, timeout), f"episode {i} did not finish"
 
 
-# Known intermittent defect, still open (issue 6): in about one run of five on 2026-11-24 (2 of 7 with the
-# code before that day's changes too) the first lockstep episode's ROS return is far off the in-process one
-# (e.g. -872 vs -130) while the other two match; the cause is not found yet. The rerun keeps it from
-# blocking unrelated work; the assertion itself is unchanged, and a rerun that passes is still exact.
-@pytest.mark.flaky(reruns=2)
 def test_closed_loop_matches_in_process_evaluation(
     launch: Callable[..., NodeProcess], probe: Probe, closed_loop_policy: Path
 ) -> None:

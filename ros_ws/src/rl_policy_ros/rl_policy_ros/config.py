@@ -163,7 +163,7 @@ SIM_PARAMS: dict[str, tuple[Any, str]] = {
         "lockstep: resend the current JointState after this long without a command "
         "(a lost message at startup), s; a command must arrive within it",
     ),
-    "executor": ("events", EXECUTOR_HELP),
+    "executor": ("events", EXECUTOR_HELP + "; lockstep always uses the SingleThreadedExecutor"),
 }
 
 

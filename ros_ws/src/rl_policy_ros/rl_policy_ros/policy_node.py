@@ -75,6 +75,7 @@ class PolicyNode(LifecycleNode):
         self._output_is_array = True
         self._active = False
         self._last_step = -float("inf")  # monotonic time of the latest control step
+        self._watch_from = 0.0  # monotonic time of the latest activate or ~/reset (see _on_watchdog)
         self._watchdog_period = 0.1
         self._scheduling = scheduling.SchedulingResult(False, "normal scheduling")
         # Diagnostics run from construction on, so a refused configure is visible on /diagnostics.
@@ -136,14 +137,9 @@ class PolicyNode(LifecycleNode):
         msg_type = Float64MultiArray if self._output_is_array else JointTrajectory
         self._command_pub = self.create_lifecycle_publisher(msg_type, cfg.output_topic, COMMAND_QOS)
         sensor_qos = qos_profile_sensor_data
-        self._joint_sub = self.create_subscription(JointState, cfg.joint_state_topic, self._on_joint_state, sensor_qos)
-        self._entities = [
-            self._command_pub,
-            self._joint_sub,
-            self.create_subscription(Bool, "~/estop", self._on_estop_topic, COMMAND_QOS),
-            self.create_service(Trigger, "~/estop", self._on_estop_service),
-            self.create_service(Trigger, "~/reset", self._on_reset_service),
-        ]
+        self._entities = [self._command_pub]
+        # The Imu and the task command before the JointState: when several are ready at once, the Python
+        # executor takes them in creation order, so a JointState-triggered step sees what arrived with it.
         if cfg.imu_topic:
             self._imu_sub = self.create_subscription(Imu, cfg.imu_topic, self._on_imu, sensor_qos)
             self._entities.append(self._imu_sub)
@@ -152,6 +148,13 @@ class PolicyNode(LifecycleNode):
                 Float64MultiArray, cfg.task_command_topic, self._on_task_command, 10
             )
             self._entities.append(self._task_command_sub)
+        self._joint_sub = self.create_subscription(JointState, cfg.joint_state_topic, self._on_joint_state, sensor_qos)
+        self._entities += [
+            self._joint_sub,
+            self.create_subscription(Bool, "~/estop", self._on_estop_topic, COMMAND_QOS),
+            self.create_service(Trigger, "~/estop", self._on_estop_service),
+            self.create_service(Trigger, "~/reset", self._on_reset_service),
+        ]
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.controller is None or self.config is None:  # cannot happen from "inactive"; be explicit
@@ -174,6 +177,7 @@ class PolicyNode(LifecycleNode):
                 self.create_timer(self._watchdog_period, self._on_watchdog, clock=self._steady)
             )
         self._active = True
+        self._watch_from = self._now()
         ros_common.freeze_gc()  # the model and interfaces exist now; keep full collections out of the loop
         self.get_logger().info("activated: policy state reset, soft start armed")
         return super().on_activate(state)
@@ -298,6 +302,7 @@ class PolicyNode(LifecycleNode):
             return response
         self.controller.reset()
         self._estop_reason = None
+        self._watch_from = self._now()
         self.get_logger().info("reset: e-stop cleared, policy state zeroed, soft start armed")
         response.success, response.message = True, "reset: e-stop cleared, policy state zeroed"
         return response
@@ -312,8 +317,12 @@ class PolicyNode(LifecycleNode):
         if controller is None or not self._active:
             return
         now = self._now()
+        # The timeout runs from the latest fresh JointState, activate or ~/reset: a node that has just been
+        # (re)started is not yet missing anything. Sending hold commands before the first reading would also
+        # break a lockstep simulator, which cannot tell one from the answer to its next JointState.
         age = controller.sensor_age(now)
-        stale = age is None or age > controller.safety.config.watchdog_timeout_s
+        age = now - self._watch_from if age is None else min(age, now - self._watch_from)
+        stale = age > controller.safety.config.watchdog_timeout_s
         # Only when the control trigger itself is silent (sensor trigger, stalled /clock): a ticking timer
         # already sends the safe command.
         if stale and now - self._last_step > self._watchdog_period:

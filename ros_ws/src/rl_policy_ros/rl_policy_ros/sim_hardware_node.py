@@ -8,6 +8,12 @@ A thin shell over :class:`rl_policy_ros.sim_robot.SimulatedRobot`. Two modes (pa
   one command, advances exactly one policy period with it, and repeats. Pair it with a policy node using
   ``trigger: sensor`` (one step per new JointState) and ``use_sim_time: true``. If no command arrives within
   ``lockstep_resend`` seconds (e.g. while the policy node starts), the same JointState is sent again.
+  Only a command published after the current JointState (its latest copy) can answer it: one published
+  earlier (e.g. the policy node's watchdog holding the robot while it waited for the episode's first reading,
+  or an answer to a copy that was then sent again) is ignored, by its DDS source timestamp. That compares
+  the two processes' system clocks, so lockstep runs both nodes on one host. An episode's first JointState
+  goes out once this node's endpoints have matched their peers (a command publisher, sensor subscribers)
+  and, for tasks with a command, once the subscribers have acknowledged the episode's task command.
 
 Interfaces (names relative to the node):
 
@@ -28,9 +34,12 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64, Float64MultiArray
@@ -49,8 +58,9 @@ LATCHED = QoSProfile(
 MAX_CATCH_UP_PERIODS = 2
 """Realtime mode: if the process fell further behind than this many policy periods, the lost time is
 dropped (simulated time slows down) instead of stepping a burst of physics."""
-COMMAND_SETTLE_S = 0.05
-"""Lockstep, tasks with a command: delay from publishing an episode's command to its first JointState."""
+TASK_COMMAND_ACK_S = 2.0
+"""Lockstep, tasks with a command: longest wait for the subscribers to acknowledge an episode's command
+before its first JointState goes out anyway (with a warning)."""
 
 
 class SimHardwareNode(Node):
@@ -74,7 +84,12 @@ class SimHardwareNode(Node):
         self._anchor = 0.0  # realtime: steady time at which the current stretch of physics started
         self._anchor_steps = 0  # physics steps taken since the anchor
         self._waiting_since = 0.0  # lockstep: when the current JointState was sent
+        self._reading_ns = 0  # lockstep: system time (ns) at which the current reading was first published
+        self.stale_commands = 0  # lockstep: commands ignored because they were published before the reading
+        self._answer_delays: list[int] = []  # lockstep, this episode: reading published -> answer published, ns
+        self._transit_delays: list[int] = []  # lockstep, this episode: answer published -> received here, ns
         self._episode_reading_sent = False  # the current episode's first JointState has been published
+        self._begin_pending_since: float | None = None  # lockstep: episode started, its first reading not sent
 
         self._joint_pub = self.create_publisher(JointState, cfg.joint_state_topic, RELIABLE)
         self._imu_pub = (
@@ -85,7 +100,8 @@ class SimHardwareNode(Node):
         self._return_pub = self.create_publisher(Float64, "~/episode_return", SCORES)
         self._task_command_pub = self.create_publisher(Float64MultiArray, "~/task_command", LATCHED)
         command_type = Float64MultiArray if cfg.command_type == "float64_multi_array" else JointTrajectory
-        self.create_subscription(command_type, cfg.command_topic, self._on_command, RELIABLE)
+        on_command = self._on_lockstep_command if self.lockstep else self._on_command
+        self._command_sub = self.create_subscription(command_type, cfg.command_topic, on_command, RELIABLE)
         self.create_service(Trigger, "~/start_episode", self._on_start_episode)
         self.create_service(SetBool, "~/enable_sensors", self._on_enable_sensors)
         if self.lockstep:
@@ -110,33 +126,80 @@ class SimHardwareNode(Node):
         seed = self.robot.start_episode()
         self._running, self._episode_reading_sent = True, False
         self._anchor, self._anchor_steps = time.monotonic(), 0
-        if self.robot.interface.command_size:
-            self._task_command_pub.publish(
-                Float64MultiArray(data=[float(v) for v in self.robot.task_command])
-            )
         message = f"episode {self.robot.episode} started (seed {seed})"
         self.get_logger().info(message)
-        if self.lockstep and self.robot.interface.command_size:
-            # The command and the first JointState travel on different topics, so the policy node could step on
-            # the previous episode's command. Lockstep promises determinism: let the resend check send the first
-            # reading COMMAND_SETTLE_S from now instead.
-            self._waiting_since = time.monotonic() - self.config.lockstep_resend + COMMAND_SETTLE_S
+        if self.lockstep:
+            self._begin_pending_since = time.monotonic()
+            self._begin_lockstep_episode()
         else:
+            self._publish_task_command()
             self._publish_sensors()
         return message
+
+    def _publish_task_command(self) -> None:
+        if self.robot.interface.command_size:
+            self._task_command_pub.publish(Float64MultiArray(data=[float(v) for v in self.robot.task_command]))
+
+    def _unmatched_endpoints(self) -> list[str]:
+        """Lockstep: this node's endpoints that have not yet matched a peer. Discovery is not symmetric: the
+        policy node may see this node's topics while this node does not yet see the policy node's, and then
+        a first command (or task command) would reach it only on a reliable retransmission, ~2 s later."""
+        missing = []
+        if self._command_sub.get_publisher_count() == 0:
+            missing.append(f"a publisher of {self.config.command_topic}")
+        endpoints = [(self._joint_pub, self.config.joint_state_topic)]
+        if self._imu_pub is not None:
+            endpoints.append((self._imu_pub, self.config.imu_topic))
+        if self.robot.interface.command_size:
+            endpoints.append((self._task_command_pub, "~/task_command"))
+        missing += [f"a subscriber of {topic}" for pub, topic in endpoints if pub.get_subscription_count() == 0]
+        return missing
+
+    def _begin_lockstep_episode(self) -> None:
+        """Lockstep: send the task command and the episode's first reading once the peers are matched (retried
+        by the resend check)."""
+        missing = self._unmatched_endpoints()
+        if missing:
+            waited = time.monotonic() - (self._begin_pending_since or 0.0)
+            if waited > 1.0:
+                self.get_logger().warning(
+                    f"episode {self.robot.episode} waits for {', '.join(missing)}", throttle_duration_sec=5.0
+                )
+            return
+        self._begin_pending_since = None
+        if self.robot.interface.command_size:
+            # The command and the first JointState travel on different topics, so the policy node could step on
+            # the previous episode's command. Once its (reliable) subscription has acknowledged the command, the
+            # command is queued in the policy node ahead of any later JointState.
+            self._publish_task_command()
+            if not self._task_command_pub.wait_for_all_acked(Duration(seconds=TASK_COMMAND_ACK_S)):
+                self.get_logger().warning(
+                    f"the episode's task command was not acknowledged within {TASK_COMMAND_ACK_S:g} s; "
+                    "sending the first JointState anyway"
+                )
+        self._publish_sensors()
 
     def _finish_episode(self) -> None:
         robot = self.robot
         self._return_pub.publish(Float64(data=robot.episode_return))
         self.get_logger().info(
             f"episode {robot.episode} (seed {robot.seed + robot.episode}) ended after {robot.episode_steps} "
-            f"steps: return {robot.episode_return:.3f}"
+            f"steps: return {robot.episode_return:.3f}{self._lockstep_timing()}"
         )
         self._running = False
         if not self._episodes_left():
             self.get_logger().info(f"all {self.config.episodes} episodes done")
         elif not self.config.wait_for_start:
             self._start_episode()
+
+    def _lockstep_timing(self) -> str:
+        """Lockstep: the episode's median answer and transit times, for the episode-end log line."""
+        if not self._answer_delays:
+            return ""
+        answer, transit = np.median(self._answer_delays) * 1e-6, np.median(self._transit_delays) * 1e-6
+        self._answer_delays.clear()
+        self._transit_delays.clear()
+        return f" (median: the policy node answered {answer:.2f} ms after the reading, in transit {transit:.2f} ms)"
 
     def _on_start_episode(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if not self._episodes_left():
@@ -153,11 +216,14 @@ class SimHardwareNode(Node):
         return response
 
     # ---- commands and physics --------------------------------------------------------------------
+    def _on_lockstep_command(self, msg: Float64MultiArray | JointTrajectory, info: MessageInfo) -> None:
+        if self._answers_reading(info):
+            # Where a slow lockstep run loses its time: reading -> the policy node's answer, and its transit.
+            self._answer_delays.append(info["source_timestamp"] - self._reading_ns)
+            self._transit_delays.append(info["received_timestamp"] - info["source_timestamp"])
+            self._on_command(msg)
+
     def _on_command(self, msg: Float64MultiArray | JointTrajectory) -> None:
-        if self.lockstep and not (self._running and self._episode_reading_sent):
-            # Between episodes, or before this episode's first JointState went out: the command cannot answer
-            # it (e.g. the policy node's watchdog holding the robot), so it must not advance the physics.
-            return
         if isinstance(msg, JointTrajectory):
             if not msg.points:
                 error = "JointTrajectory without points"
@@ -172,6 +238,22 @@ class SimHardwareNode(Node):
             return
         if self.lockstep and not self._handle_results(self.robot.advance(self.robot.substeps)):
             self._publish_sensors()
+
+    def _answers_reading(self, info: MessageInfo) -> bool:
+        """Lockstep: can this command answer the current JointState? Not between episodes, and not if it was
+        published before that JointState (e.g. the policy node's watchdog holding the robot while it waited
+        for the episode's first reading): taking it would apply every later command one period late."""
+        if not (self._running and self._episode_reading_sent):
+            return False
+        if info["source_timestamp"] < self._reading_ns:
+            self.stale_commands += 1
+            self.get_logger().info(
+                f"ignored a command published {(self._reading_ns - info['source_timestamp']) * 1e-6:.2f} ms "
+                "before the current JointState (it cannot answer it)",
+                throttle_duration_sec=1.0,
+            )
+            return False
+        return True
 
     def _on_realtime_tick(self) -> None:
         if not self._running:
@@ -203,7 +285,9 @@ class SimHardwareNode(Node):
         return False
 
     def _on_resend_check(self) -> None:
-        if self._running and time.monotonic() - self._waiting_since > self.config.lockstep_resend:
+        if self._begin_pending_since is not None:
+            self._begin_lockstep_episode()
+        elif self._running and time.monotonic() - self._waiting_since > self.config.lockstep_resend:
             if self._episode_reading_sent:
                 self.get_logger().warning(
                     f"no command within {self.config.lockstep_resend:g} s of the last JointState: resending it",
@@ -214,6 +298,9 @@ class SimHardwareNode(Node):
     # ---- sensors ---------------------------------------------------------------------------------
     def _publish_sensors(self) -> None:
         self._waiting_since = time.monotonic()
+        # Lockstep: after a resend only an answer to the new copy counts; the policy node answers each copy
+        # (see PolicyNode._on_joint_state), so an answer to an earlier copy still in flight is a duplicate.
+        self._reading_ns = time.time_ns()
         self._episode_reading_sent = True
         if self.lockstep:
             stamp = ros_common.ns_to_stamp(self.robot.sim_time_ns)
@@ -253,7 +340,11 @@ def main(args: list[str] | None = None) -> int:
 
         rclpy.try_shutdown()
         return 2
-    return ros_common.spin_until_signal(node, executor_kind=node.config.executor)
+    # Lockstep reads each command's MessageInfo, which rclpy's EventsExecutor (kilted) fails to build for a
+    # message from another process ("SystemError: null argument to internal routine"); the Python executor
+    # builds it. Lockstep is not about CPU use.
+    executor = "single_threaded" if node.lockstep else node.config.executor
+    return ros_common.spin_until_signal(node, executor_kind=executor)
 
 
 if __name__ == "__main__":
