@@ -320,9 +320,12 @@ class Operator:
 
     Args:
         processes: The node processes; a wait fails at once, with the log tail, if one of them exits.
+        executor: ``"events"`` (the C++ EventsExecutor) or ``"single_threaded"``, which a subscription
+            callback that takes a MessageInfo needs (the EventsExecutor fails to build one for a message from
+            another process).
     """
 
-    def __init__(self, processes: Sequence[NodeProcess]) -> None:
+    def __init__(self, processes: Sequence[NodeProcess], executor: str = "events") -> None:
         import rclpy
 
         from rl_policy_ros import ros_common
@@ -331,8 +334,7 @@ class Operator:
         self.context = rclpy.context.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("closed_loop_operator", context=self.context)
-        # The C++ events executor: its dispatch is part of what the latency phase of loop_bench measures.
-        self.executor = ros_common.make_executor("events", self.context)
+        self.executor = ros_common.make_executor(executor, self.context)
         self.executor.add_node(self.node)
         self._stamp_to_s = ros_common.stamp_to_s
         self.diagnostics: dict[str, tuple[float, dict[str, str], str]] = {}  # name -> (stamp, values, message)
@@ -364,7 +366,7 @@ class Operator:
     def policy_diag(self, node_name: str = POLICY_NAME) -> tuple[float, dict[str, str], str] | None:
         return self.diagnostics.get(f"{node_name}: policy")
 
-    def subscribe(self, msg_type: Any, topic: str, callback: Callable[[Any], None], depth: int = 1000) -> None:
+    def subscribe(self, msg_type: Any, topic: str, callback: Callable[..., None], depth: int = 1000) -> None:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
