@@ -595,6 +595,9 @@ def test_closed_loop_matches_in_process_evaluation(
     run_episodes(probe, "cl_sim", "cl_policy", len(seeds), timeout=30.0)
     for seed, got, want in zip(seeds, probe.returns, expected, strict=True):
         assert abs(got - want) <= 0.1 * abs(want), f"seed {seed}: ROS return {got:.3f}, in-process {want:.3f}"
+    # The pre-warm timer (default prewarm_lead) ran after the last reading, when the next one was due, and
+    # changed nothing above (its run does not advance the policy).
+    assert probe.spin_until(lambda: float((probe.diag("cl_policy") or (0, "", {}))[2].get("warm_ups", 0)) >= 1, 5.0)
 
 
 def test_closed_loop_in_real_time(

@@ -138,6 +138,21 @@ def test_recurrent_state_is_carried_and_reset(tmp_path: Path) -> None:
     assert policy.act(x) == pytest.approx(2 * x[:2])
 
 
+def test_warm_up_changes_nothing_a_later_call_returns(tmp_path: Path) -> None:
+    """The pre-warm run (before a low-rate step is due) must not advance the recurrent state or alter the
+    returned action: the counter graph would show any extra step as an extra 2 * x in the action."""
+    policy = OnnxPolicy(counter_policy(tmp_path / "rnn.onnx", obs_size=3, hidden=2, layers=2))
+    x = np.array([1.0, -0.5, 7.0], np.float32)
+    policy.warm_up()  # before any call: runs on the zero observation
+    first = policy.act(x)
+    policy.warm_up()
+    policy.warm_up()
+    assert first == pytest.approx(2 * x[:2])  # a copy, untouched by the later runs
+    assert policy.act(x) == pytest.approx(2 * 2 * x[:2])
+    h, c = policy.state
+    assert h[:, 0] == pytest.approx(np.tile(2 * x[:2], (2, 1))) and c == pytest.approx(np.full((2, 1, 2), 2.0))
+
+
 def test_discrete_policy_returns_an_index(tmp_path: Path) -> None:
     policy = OnnxPolicy(argmax_policy(tmp_path / "disc.onnx", obs_size=3))
     assert policy.interface is None and policy.action_kind == "discrete"

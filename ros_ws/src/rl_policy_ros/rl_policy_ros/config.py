@@ -48,6 +48,11 @@ POLICY_PARAMS: dict[str, tuple[Any, str]] = {
         f"one of {TRIGGERS}: a timer at the model's policy period, or one step per new "
         "JointState (lockstep simulation, drivers that push state at the policy rate)",
     ),
+    "prewarm_lead": (
+        0.002,
+        "trigger sensor: run the policy once, without effect, this long before the next JointState is due "
+        "(one policy period after the last), so a low-rate loop meets it with warm CPU caches, s; 0 = off",
+    ),
     "safe_mode": ("hold", f"safe command, one of {SAFE_MODES}"),
     "watchdog_timeout": (0.2, "max age of the latest JointState before the safe command, s"),
     "soft_start_time": (
@@ -93,6 +98,7 @@ class PolicyNodeConfig:
     output_type: str
     output_topic: str
     trigger: str
+    prewarm_lead: float
     safe_mode: str
     watchdog_timeout: float
     soft_start_time: float
@@ -121,6 +127,7 @@ class PolicyNodeConfig:
             output_type=p.choice("output_type", OUTPUT_TYPES),
             output_topic=p.text("output_topic"),
             trigger=p.choice("trigger", TRIGGERS),
+            prewarm_lead=p.number("prewarm_lead"),
             safe_mode=p.choice("safe_mode", SAFE_MODES),
             watchdog_timeout=p.number("watchdog_timeout", positive=True),
             soft_start_time=p.number("soft_start_time"),

@@ -33,6 +33,8 @@ class Policy(Protocol):
 
     def act(self, obs: np.ndarray) -> np.ndarray | int: ...
 
+    def warm_up(self) -> None: ...
+
 
 class IncompatibleModelError(ValueError):
     """The model cannot drive this robot; the message lists every difference."""
@@ -163,6 +165,7 @@ class PolicyController:
         self._sensor_time: float | None = None
         self._sensor_fault: str | None = None
         self.bad_messages = 0
+        self.warm_ups = 0
         self.last_sensor_error = ""
         self.last_command: np.ndarray | None = None
 
@@ -233,6 +236,12 @@ class PolicyController:
 
     def estop(self, reason: str) -> None:
         self.safety.trigger_estop(reason)
+
+    def warm_up(self) -> None:
+        """Bring the policy back into the CPU caches before a step is due; changes no state (see
+        ``deploy.runtime.OnnxPolicy.warm_up``)."""
+        self.policy.warm_up()
+        self.warm_ups += 1
 
     def sensor_age(self, now: float) -> float | None:
         return None if self._sensor_time is None else now - self._sensor_time
@@ -306,6 +315,7 @@ class PolicyController:
             "watchdog_trips": float(self.safety.counts["watchdog"]),
             "faults": float(self.safety.counts["fault"]),
             "bad_messages": float(self.bad_messages),
+            "warm_ups": float(self.warm_ups),
             "last_sensor_error": self.last_sensor_error,
         }
         out |= self.stats.summary()

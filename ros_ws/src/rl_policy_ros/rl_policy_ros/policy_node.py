@@ -76,6 +76,7 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self._last_step = -float("inf")  # monotonic time of the latest control step
         self._watch_from = 0.0  # monotonic time of the latest activate or ~/reset (see _on_watchdog)
+        self._prewarm_timer = None  # trigger sensor: fires prewarm_lead before the next JointState is due
         self._watchdog_period = 0.1
         self._scheduling = scheduling.SchedulingResult(False, "normal scheduling")
         # Diagnostics run from construction on, so a refused configure is visible on /diagnostics.
@@ -176,6 +177,11 @@ class PolicyNode(LifecycleNode):
             self._control_timers.append(
                 self.create_timer(self._watchdog_period, self._on_watchdog, clock=self._steady)
             )
+        lead = self.config.prewarm_lead
+        if self.config.trigger == "sensor" and 0 < lead < period:
+            # Reset at every step, so it fires only when the next JointState is about due.
+            self._prewarm_timer = self.create_timer(period - lead, self._on_prewarm, clock=self._steady)
+            self._control_timers.append(self._prewarm_timer)
         self._active = True
         self._watch_from = self._now()
         ros_common.freeze_gc()  # the model and interfaces exist now; keep full collections out of the loop
@@ -205,6 +211,7 @@ class PolicyNode(LifecycleNode):
         for timer in self._control_timers:
             self.destroy_timer(timer)
         self._control_timers = []
+        self._prewarm_timer = None
         if self.controller is not None:
             self._publish(self.controller.safe_step(self._now(), reason))
         self._active = False
@@ -220,6 +227,7 @@ class PolicyNode(LifecycleNode):
         for timer in self._control_timers:
             self.destroy_timer(timer)
         self._control_timers = []
+        self._prewarm_timer = None
         for entity in self._entities:
             if entity is self._command_pub:
                 self.destroy_lifecycle_publisher(entity)
@@ -257,6 +265,8 @@ class PolicyNode(LifecycleNode):
                 self._publish_command(self.controller.last_command)
             else:
                 self._step()
+                if self._prewarm_timer is not None:
+                    self._prewarm_timer.reset()
 
     def _on_imu(self, msg: Imu) -> None:
         if self.controller is None:
@@ -310,6 +320,18 @@ class PolicyNode(LifecycleNode):
     # ---- the control step ------------------------------------------------------------------------
     def _on_timer(self) -> None:
         self._step()
+
+    def _on_prewarm(self) -> None:
+        """Shortly before the next JointState is due: run the policy once without effect (warm caches)."""
+        controller = self.controller
+        if controller is None or not self._active:
+            return
+        if self._now() - self._last_step > 2.0 * controller.interface.policy_dt:
+            return  # the sensor stream paused: nothing is due
+        try:
+            controller.warm_up()
+        except Exception as exc:  # never let an optimization stop the node; the next step reports real errors
+            self.get_logger().warning(f"pre-warm failed: {exc}", throttle_duration_sec=10.0)
 
     def _on_watchdog(self) -> None:
         """Steady-clock check: without fresh joint states, send the safe command even if no tick comes."""
