@@ -278,6 +278,20 @@ def test_controller_builds_the_training_observation_and_maps_by_name(arm_policy:
     assert obs[:2] == pytest.approx([0.1, 0.2]) and obs[4:] == pytest.approx([0.2, 0.4])
 
 
+def test_controller_warm_up_changes_no_step(arm_policy: OnnxPolicy) -> None:
+    """The pre-warm between steps (and before the first reading) leaves every action and command as without."""
+    c = make_controller(arm_policy)
+    c.warm_up()  # no reading yet: the policy alone
+    c.on_joint_state(["elbow", "shoulder"], [0.3, 0.1], [0.0, 0.0], 1.0, now=0.0)
+    assert c.step(now=0.01).action == pytest.approx([0.2, 0.4], abs=1e-6)  # as in the hand check above
+    c.warm_up()
+    c.warm_up()
+    c.on_joint_state(["elbow", "shoulder"], [0.3, 0.1], [0.0, 0.0], 2.0, now=0.02)
+    r = c.step(now=0.03)
+    assert r.action == pytest.approx([0.4, 0.8], abs=1e-6)  # last_action still [0.2, 0.4]
+    assert c.warm_ups == 3 and c.status(0.03)["warm_ups"] == 3.0
+
+
 def test_controller_bad_message_watchdog_and_recovery(arm_policy: OnnxPolicy) -> None:
     c = make_controller(arm_policy)
     c.on_joint_state(["elbow", "shoulder"], [0.3, 0.1], [0.0, 0.0], 1.0, now=0.0)
