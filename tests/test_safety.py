@@ -17,7 +17,7 @@ from rl_policy_ros.config import (
     SimHardwareConfig,
 )
 from rl_policy_ros.controller import IncompatibleModelError, PolicyController, RobotSpec, check_compatibility
-from rl_policy_ros.loop_stats import LoopStats, RingBuffer
+from rl_policy_ros.loop_stats import LoopStats, RingBuffer, quantiles
 from rl_policy_ros.safety import SafetyConfig, SafetyConfigError, SafetyLayer
 from rl_policy_ros.sensors import JointStateMatcher, SensorError, imu_reading
 
@@ -229,7 +229,9 @@ def test_loop_stats_periods_jitter_and_deadline_misses() -> None:
     for t in (0.0, 0.01, 0.02, 0.04, 0.05):  # one period of 20 ms: late by 100% > 50%
         stats.start_step(t)
         stats.end_step(0.001)
+    assert stats.last_period == pytest.approx(0.01) and stats.last_compute == pytest.approx(0.001)
     stats.end_step(0.02)  # a step that took two periods
+    assert stats.last_compute == pytest.approx(0.02)  # what the node's deadline-miss warning reports
     s = stats.summary()
     assert s["steps"] == 5 and s["deadline_misses"] == 2
     assert s["period_max_ms"] == pytest.approx(20.0) and s["period_p50_ms"] == pytest.approx(10.0)
@@ -238,6 +240,8 @@ def test_loop_stats_periods_jitter_and_deadline_misses() -> None:
     for v in range(5):
         buf.append(v)
     assert sorted(buf.values()) == [2, 3, 4] and len(buf) == 3
+    values = np.random.default_rng(0).normal(size=1001)
+    assert quantiles(values, (50.0, 99.0, 100.0)) == pytest.approx(np.percentile(values, [50.0, 99.0, 100.0]))
 
 
 # ---- the controller (real onnxruntime) -------------------------------------------------------------

@@ -354,8 +354,16 @@ class PolicyNode(LifecycleNode):
         if self.controller is None or not self._active:
             return
         self._last_step = self._now()
+        stats = self.controller.stats
+        misses = stats.deadline_misses
         try:
             self._publish(self.controller.step(self._last_step))
+            if stats.deadline_misses > misses:
+                self.get_logger().warning(
+                    f"deadline miss: {1e3 * stats.last_period:.2f} ms since the previous step, this step took "
+                    f"{1e3 * stats.last_compute:.2f} ms (period {1e3 * stats.nominal_period:.1f} ms)",
+                    throttle_duration_sec=1.0,
+                )
         except Exception as exc:
             # A bug must not kill the node and leave the controller holding the last command: latch the
             # e-stop, send the safe command, and keep reporting.
