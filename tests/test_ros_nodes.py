@@ -631,3 +631,84 @@ def test_closed_loop_in_real_time(
     run_episodes(probe, "rt_sim", "rt_policy", 1, timeout=40.0)
     got, want = probe.returns[0], expected[0]
     assert abs(got - want) <= 0.1 * abs(want), f"seed {seeds[0]}: ROS return {got:.3f}, in-process {want:.3f}"
+
+
+# ---- the lockstep timing rules, in this process with direct calls (deterministic) ---------------------
+def _spin_until(executor: SingleThreadedExecutor, predicate: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.02)
+    return predicate()
+
+
+def test_lockstep_simulator_ignores_a_command_published_before_its_reading(ros_context: tuple[Any, dict]) -> None:
+    """A command published before the current JointState (a watchdog hold in flight, an answer to an earlier
+    copy) must not advance the physics: taking it shifted every later command by one period (issue 6). The
+    episode's first reading waits until the simulator's own endpoints have matched a peer."""
+    from rclpy.parameter import Parameter
+    from rl_policy_ros.sim_hardware_node import SimHardwareNode
+
+    context, _ = ros_context
+    overrides = {"task": "pendulum_swingup", "mode": "lockstep", "wait_for_start": True}
+    overrides |= {"command_topic": "/lsx/commands", "joint_state_topic": "/lsx/joint_states"}
+    params = [Parameter(k, value=v) for k, v in overrides.items()]
+    sim = SimHardwareNode("lsx_sim", context=context, parameter_overrides=params)
+    peer = rclpy.create_node("lsx_peer", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(sim)
+    executor.add_node(peer)
+    try:
+        sim._start_episode()
+        executor.spin_once(timeout_sec=0.1)
+        assert not sim._episode_reading_sent, "the first reading went out with no command publisher matched"
+        peer.create_publisher(Float64MultiArray, "/lsx/commands", 10)
+        peer.create_subscription(JointState, "/lsx/joint_states", lambda msg: None, 10)
+        assert _spin_until(executor, lambda: sim._episode_reading_sent, 10.0), sim._unmatched_endpoints()
+
+        command = Float64MultiArray(data=[0.5])
+        stale = {"source_timestamp": sim._reading_ns - 1_000_000, "received_timestamp": time.time_ns()}
+        sim._on_lockstep_command(command, stale)  # published 1 ms before the reading
+        assert sim.robot.episode_steps == 0 and sim.stale_commands == 1
+        fresh = {"source_timestamp": time.time_ns(), "received_timestamp": time.time_ns()}
+        sim._on_lockstep_command(command, fresh)
+        assert sim.robot.episode_steps == 1 and sim.stale_commands == 1
+        # The answer to the new reading must again be younger than it.
+        sim._on_lockstep_command(command, fresh)
+        assert sim.robot.episode_steps == 1 and sim.stale_commands == 2
+    finally:
+        executor.shutdown()
+        sim.destroy_node()
+        peer.destroy_node()
+
+
+def test_policy_node_watchdog_counts_from_activation_and_reset(
+    ros_context: tuple[Any, dict], tmp_path: Path
+) -> None:
+    """With ``trigger: sensor`` the watchdog timer sends the safe command only once ``watchdog_timeout`` has
+    passed without a reading since activate or ~/reset, not at once: a lockstep simulator would take a hold sent
+    just before the episode's first reading as the answer to it."""
+    from rclpy.parameter import Parameter
+    from rl_policy_ros.policy_node import PolicyNode
+
+    context, _ = ros_context
+    model = pendulum_controller(tmp_path / "pendulum.onnx")
+    overrides = {"model_path": str(model), "autostart": False, "trigger": "sensor", "watchdog_timeout": 0.5}
+    overrides |= {"thread_priority": 0, "joint_state_topic": "/wdx/joint_states", "output_topic": "/wdx/commands"}
+    params = [Parameter(k, value=v) for k, v in overrides.items()]
+    node = PolicyNode("wdx_policy", context=context, parameter_overrides=params)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        stats = node.controller.stats
+        node._on_watchdog()
+        assert stats.steps == 0, "a hold command went out right after activation"
+        node._watch_from -= 0.6  # as if 0.6 s had passed without a reading
+        node._on_watchdog()
+        assert stats.steps == 1 and node.controller.safety.safe
+        assert node.controller.safety.reason.startswith("no joint state")
+        node._on_reset_service(Trigger.Request(), Trigger.Response())  # re-arms the timeout
+        node._last_step -= 1.0
+        node._on_watchdog()
+        assert stats.steps == 1
+    finally:
+        node.destroy_node()
