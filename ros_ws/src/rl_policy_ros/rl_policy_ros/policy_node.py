@@ -208,10 +208,7 @@ class PolicyNode(LifecycleNode):
 
     def _stop_control(self, reason: str) -> None:
         """Send the safe command (the command publisher is still enabled) and stop the timers."""
-        for timer in self._control_timers:
-            self.destroy_timer(timer)
-        self._control_timers = []
-        self._prewarm_timer = None
+        self._destroy_control_timers()
         if self.controller is not None:
             self._publish(self.controller.safe_step(self._now(), reason))
         self._active = False
@@ -223,11 +220,14 @@ class PolicyNode(LifecycleNode):
         elif priority:
             self.get_logger().info(f"control threads at {self._scheduling.description}")
 
-    def _destroy_interfaces(self) -> None:
+    def _destroy_control_timers(self) -> None:
         for timer in self._control_timers:
             self.destroy_timer(timer)
         self._control_timers = []
         self._prewarm_timer = None
+
+    def _destroy_interfaces(self) -> None:
+        self._destroy_control_timers()
         for entity in self._entities:
             if entity is self._command_pub:
                 self.destroy_lifecycle_publisher(entity)
