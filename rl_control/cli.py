@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        # Bad configs, missing or broken run folders and refused models carry messages that name the file,
+        # key or field; a traceback adds nothing for the user. RLCTL_DEBUG=1 shows it.
+        if os.environ.get("RLCTL_DEBUG"):
+            raise
+        print(f"rlctl {args.command}: error: {exc}", file=sys.stderr)
+        print("(set RLCTL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -39,7 +39,11 @@ class PolicyConfig(_Frozen):
     kind: Literal["mlp", "lstm"] = Field("mlp", description="network type")
     hidden_sizes: tuple[int, ...] = Field((64, 64), description="MLP layer widths (after the LSTM if any)")
     lstm_hidden: int = Field(64, ge=1, description="LSTM hidden size")
-    shared_trunk: bool = Field(False, description="actor and critic share the trunk")
+    shared_trunk: bool = Field(
+        False,
+        description="actor and critic share the trunk: one LSTM (kind lstm; each keeps its MLP layers) or one "
+        "MLP body (kind mlp; each keeps its output layer); PPO only, TRPO and ACKTR need separate trunks",
+    )
     init_log_std: float = Field(-0.5, description="initial log standard deviation of the Gaussian")
     activation: Literal["tanh", "elu", "relu"] = Field("tanh", description="hidden activation")
     normalize_obs: bool = Field(True, description="running observation normalizer inside the policy")

@@ -112,10 +112,19 @@ class ActorCritic(nn.Module):
             self.lstms.extend(nn.LSTM(obs_size, cfg.lstm_hidden) for _ in range(n_lstm))
             trunk_in = cfg.lstm_hidden
         self.actor_body, actor_out = mlp(trunk_in, cfg.hidden_sizes, cfg.activation)
-        self.critic_body, critic_out = mlp(trunk_in, cfg.hidden_sizes, cfg.activation)
+        if cfg.shared_trunk and not self.recurrent:
+            # A shared MLP trunk is the hidden stack itself: one body feeds both heads, and both losses train it.
+            self.critic_body, critic_out = self.actor_body, actor_out
+        else:
+            self.critic_body, critic_out = mlp(trunk_in, cfg.hidden_sizes, cfg.activation)
         self.policy_head = _head(actor_out, action_size, 0.01)
         self.value_head = _head(critic_out, 1, 1.0)
         self.log_std = nn.Parameter(torch.full((action_size,), cfg.init_log_std)) if not discrete else None
+
+    @property
+    def shares_trunk(self) -> bool:
+        """Actor and critic share parameters (one LSTM, or one MLP body): a value step moves the policy too."""
+        return self.critic_body is self.actor_body or (self.recurrent and len(self.lstms) == 1)
 
     # ---- recurrent state ---------------------------------------------------------------------------
     @property
@@ -164,8 +173,13 @@ class ActorCritic(nn.Module):
         if self.recurrent and x.dim() != 3:
             raise ValueError(f"recurrent policies take [T, B, D] observations, got shape {tuple(obs.shape)}")
         actor_x, critic_x, new_state = self._trunks(x, state)
-        out = self.policy_head(self.actor_body(actor_x))
-        value = self.value_head(self.critic_body(critic_x)).squeeze(-1)
+        actor_features = self.actor_body(actor_x)
+        if self.critic_body is self.actor_body and critic_x is actor_x:
+            critic_features = actor_features
+        else:
+            critic_features = self.critic_body(critic_x)
+        out = self.policy_head(actor_features)
+        value = self.value_head(critic_features).squeeze(-1)
         return out, value, new_state
 
     def step(

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections import deque
 from pathlib import Path
 
 import gymnasium as gym
@@ -52,6 +51,7 @@ from rl_control.runner import (
     TrainResult,
     evaluate_policy,
     make_progress,
+    new_episode_window,
     record_episodes,
     seed_everything,
 )
@@ -104,6 +104,7 @@ class OffPolicyRunner(CheckpointedRunner):
         self.np_rng = np.random.default_rng(cfg.seed)
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)
         self.last_eval: dict | None = None
+        self.episode_stats = new_episode_window()
         self._resumed_step: int | None = None
         self._stop_requested = False
 
@@ -190,7 +191,7 @@ class OffPolicyRunner(CheckpointedRunner):
         self.replay.start(obs)
         starts = torch.ones(N, dtype=torch.bool)
         state = self.policy.initial_state(N)
-        episode_stats = {"return": deque(maxlen=50), "length": deque(maxlen=50), "success": deque(maxlen=50)}
+        episode_stats = self.episode_stats
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         term_sums: dict[str, float] = {}

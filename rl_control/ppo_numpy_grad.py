@@ -72,6 +72,8 @@ def numpy_ppo_gradient(policy: ActorCritic, cfg: PPOConfig) -> NumpyPPOGradient 
     """The numpy gradient of ``policy`` under ``cfg``, or None where the torch path must be used."""
     if policy.recurrent or policy.discrete or policy.log_std is None or cfg.surrogate != "clip":
         return None
+    if policy.shares_trunk:  # the hand-derived backward assumes disjoint actor and critic layers
+        return None
     actor = _stack(policy.actor_body, policy.policy_head)
     critic = _stack(policy.critic_body, policy.value_head)
     if actor is None or critic is None:

@@ -4,9 +4,10 @@ One iteration = collect ``rollout_steps`` on every env, compute GAE, update, log
 checkpoints every few iterations. A run folder holds everything of one run (resolved config, metrics,
 TensorBoard events, checkpoints, exported policy, plots, report).
 
-Resume restores weights, optimizer, normalizer, RNG states and step counters. The simulator's
-in-flight episodes are not saved: on resume the envs start fresh episodes, seeded from the run seed and
-the iteration, so the curve continues at the same step without a gap or a repeat.
+Resume restores weights, optimizer, normalizer, RNG states, step counters and the window of recent
+episodes behind the logged episode means. The simulator's in-flight episodes are not saved: on resume the
+envs start fresh episodes, seeded from the run seed and the iteration, so the curve continues at the same
+step without a gap or a repeat (but is not bit-identical to an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ def evaluate_policy(policy: torch.nn.Module, cfg: RunConfig, episodes: int | Non
     return result.as_dict()
 
 
+EPISODE_WINDOW = 50  # episodes behind the logged episode/return, length and success means
+
+
+def new_episode_window() -> dict[str, deque]:
+    """The rolling window of finished episodes that the logged episode means average over."""
+    return {key: deque(maxlen=EPISODE_WINDOW) for key in ("return", "length", "success")}
+
+
 def record_episodes(info: dict, done: np.ndarray, episode_stats: dict[str, deque]) -> None:
     """Append the return, length and success of every episode that ended this step (vector-env infos)."""
     for i in np.nonzero(done)[0]:
@@ -117,8 +126,8 @@ class TrainResult:
 class CheckpointedRunner:
     """Checkpoint contents and resume, shared by both runners: weights, algorithm state (optimizers
     included), counters, every random generator (numpy's, the collection generator, torch's global one,
-    Python's), the last evaluation and the config. A runner adds its own entries in ``_extra_state`` and
-    reads them back in ``_restore_extra``."""
+    Python's), the window of recent episodes behind the logged episode means, the last evaluation and the
+    config. A runner adds its own entries in ``_extra_state`` and reads them back in ``_restore_extra``."""
 
     policy: torch.nn.Module
     algo: Any
@@ -128,6 +137,7 @@ class CheckpointedRunner:
     np_rng: np.random.Generator
     torch_gen: torch.Generator
     last_eval: dict | None
+    episode_stats: dict[str, deque]
     _resumed_step: int | None
 
     @classmethod
@@ -149,6 +159,7 @@ class CheckpointedRunner:
             "torch_global": torch.get_rng_state(),
             "py_random": random.getstate(),
             "last_eval": self.last_eval,
+            "episode_window": {key: list(values) for key, values in self.episode_stats.items()},
             **self._extra_state(),
             "config": self.cfg.model_dump(mode="json"),
             "config_hash": self.cfg.digest(),
@@ -163,6 +174,8 @@ class CheckpointedRunner:
         torch.set_rng_state(ckpt["torch_global"])
         random.setstate(ckpt["py_random"])
         self.last_eval = ckpt.get("last_eval")
+        for key, values in ckpt.get("episode_window", {}).items():  # absent in checkpoints of older versions
+            self.episode_stats[key].extend(values)
         self._restore_extra(ckpt)
         self._resumed_step = self.global_step
 
@@ -202,6 +215,7 @@ class Runner(CheckpointedRunner):
         self.np_rng = np.random.default_rng(cfg.seed)
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)
         self.last_eval: dict | None = None
+        self.episode_stats = new_episode_window()
         self.reward_scaler = RewardScaler(cfg.env.num_envs, a.gamma) if a.normalize_rewards else None
         self.collect = self._collect
         if cfg.distributed.backend == "ray":
@@ -295,7 +309,7 @@ class Runner(CheckpointedRunner):
         obs, _ = self.venv.reset(seed=cfg.seed + 7919 * self.iteration)
         starts = torch.ones(cfg.env.num_envs, dtype=torch.bool)
         state = self.policy.initial_state(cfg.env.num_envs)
-        episode_stats = {"return": deque(maxlen=50), "length": deque(maxlen=50), "success": deque(maxlen=50)}
+        episode_stats = self.episode_stats
         interrupted, final_eval, consistent = False, None, True
         previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         progress = make_progress(self.show_progress)

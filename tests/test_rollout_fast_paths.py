@@ -247,3 +247,28 @@ def test_numpy_ppo_gradient_declines_what_it_does_not_cover():
     assert numpy_ppo_gradient(ActorCritic(3, 2, PolicyConfig(hidden_sizes=(8,), activation="elu")), PPOConfig()) is None
     assert numpy_ppo_gradient(ActorCritic(3, 2, PolicyConfig(kind="lstm", lstm_hidden=8)), PPOConfig()) is None
     assert numpy_ppo_gradient(ActorCritic(3, 4, PolicyConfig(), discrete=True), PPOConfig()) is None
+    shared = ActorCritic(3, 2, PolicyConfig(hidden_sizes=(8,), shared_trunk=True))
+    assert numpy_ppo_gradient(shared, PPOConfig()) is None
+
+
+def test_shared_mlp_trunk_feeds_both_heads_and_both_losses_train_it():
+    torch.manual_seed(0)
+    cfg = PolicyConfig(hidden_sizes=(8, 8), normalize_obs=False)
+    shared = ActorCritic(4, 2, cfg.model_copy(update={"shared_trunk": True}))
+    separate = ActorCritic(4, 2, cfg)
+    assert shared.critic_body is shared.actor_body and shared.shares_trunk and not separate.shares_trunk
+    body_size = sum(p.numel() for p in separate.critic_body.parameters())
+    assert sum(p.numel() for p in shared.parameters()) == sum(p.numel() for p in separate.parameters()) - body_size
+    obs = torch.randn(5, 4)
+    out, value, _ = shared(obs)
+    features = shared.actor_body(obs)
+    torch.testing.assert_close(out, shared.policy_head(features))
+    torch.testing.assert_close(value, shared.value_head(features).squeeze(-1))
+    value.sum().backward()  # a value loss alone reaches the shared layers
+    assert shared.actor_body[0].weight.grad.abs().sum() > 0
+    # The rollout twin computes the same actions and values from the shared body.
+    twin = numpy_rollout_policy(shared)
+    expected = shared.act(obs, None, None, torch.Generator().manual_seed(3))
+    noise = torch.randn((5, 2), generator=torch.Generator().manual_seed(3))
+    for got, want in zip(twin.act(obs.numpy(), noise.numpy()), expected[:4], strict=True):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-5)

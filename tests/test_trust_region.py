@@ -317,6 +317,28 @@ def _synthetic_buffer(policy: ActorCritic, T: int = 32, N: int = 4, seed: int = 
 
 
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_ppo_adaptive_kl_beta_follows_the_kl_of_the_updated_policy(kind):
+    torch.manual_seed(3)
+    policy = ActorCritic(3, 2, PolicyConfig(kind=kind, hidden_sizes=(16,), lstm_hidden=8))
+    buffer = _synthetic_buffer(policy)
+    old_log_std = policy.log_std.detach().clone()
+    cfg = PPOConfig(surrogate="kl_penalty", kl_target=0.01, kl_beta_init=1.0, epochs=4, minibatches=2, lr=3e-3,
+                    bptt_len=8)
+    algo = make_algorithm(policy, cfg, total_iterations=1)
+    stats = algo.update(buffer, np.random.default_rng(0))
+    mb = next(buffer.minibatches(1, cfg.bptt_len, np.random.default_rng(1)))
+    with torch.no_grad():
+        out, _, _ = policy(mb.obs, mb.state)
+        kl = float((policy.kl(mb.old_out, out, old_log_std) * mb.mask).sum() / mb.mask.sum())
+    assert stats["kl_final"] == pytest.approx(kl, rel=1e-5)
+    # The policy moved further than the mean KL seen during the epochs suggests; beta follows the final one.
+    assert kl > stats["kl"]
+    expected = 2.0 if kl > 1.5 * cfg.kl_target else (0.5 if kl < cfg.kl_target / 1.5 else 1.0)
+    assert stats["kl_beta"] == expected
+    assert expected != 0.5 and stats["kl"] < cfg.kl_target / 1.5  # the epoch-average KL would have halved beta
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
 def test_trpo_update_respects_the_trust_region(kind):
     torch.manual_seed(1)
     policy = ActorCritic(3, 2, PolicyConfig(kind=kind, hidden_sizes=(16,), lstm_hidden=8))
@@ -339,10 +361,14 @@ def test_trpo_update_respects_the_trust_region(kind):
     assert np.isfinite(stats["loss/value"])
 
 
-def test_trpo_refuses_a_shared_lstm_trunk():
-    policy = ActorCritic(3, 2, PolicyConfig(kind="lstm", shared_trunk=True, lstm_hidden=8))
-    with pytest.raises(ValueError, match="separate actor and critic LSTMs"):
+@pytest.mark.parametrize("kind", ["lstm", "mlp"])
+def test_trpo_and_acktr_refuse_a_shared_trunk(kind):
+    policy = ActorCritic(3, 2, PolicyConfig(kind=kind, shared_trunk=True, lstm_hidden=8))
+    with pytest.raises(ValueError, match="separate actor and critic trunks"):
         TRPO(policy, TRPOConfig(), 1)
+    if kind == "mlp":
+        with pytest.raises(ValueError, match="separate actor and critic bodies"):
+            ACKTR(policy, ACKTRConfig(), 1)
 
 
 def test_trpo_trust_region_value_step_bounds_the_change_and_reduces_the_error():

@@ -79,6 +79,11 @@ class ACKTR:
     def __init__(self, policy: ActorCritic, cfg: ACKTRConfig, total_iterations: int) -> None:
         if policy.recurrent:
             raise ValueError("ACKTR supports MLP policies only (policy.kind: mlp); use PPO or TRPO for LSTMs")
+        if policy.shares_trunk:
+            raise ValueError(
+                "ACKTR needs separate actor and critic bodies (policy.shared_trunk: false): its two K-FAC "
+                "optimizers would both step the shared layers"
+            )
         self.policy, self.cfg = policy, cfg
         shared = {"damping": cfg.damping, "stat_decay": cfg.stat_decay, "inverse_every": cfg.inverse_every}
         self.actor_kfac = KFAC(policy, policy.actor_parameters(), cfg.lr, cfg.kl_clip, **shared)

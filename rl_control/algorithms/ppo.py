@@ -76,6 +76,16 @@ class PPO:
             stats = torch.stack([pg_loss, v_loss, ent, losses.masked_mean(kl, mask), clip_frac])
         return loss, stats
 
+    @torch.no_grad()
+    def _rollout_kl(self, buffer: RolloutBuffer, old_log_std: torch.Tensor | None) -> float:
+        """Mean KL(collecting policy || current policy) over every valid sample of the rollout."""
+        # One minibatch holds the whole rollout; its order is irrelevant, so a fixed generator keeps the
+        # training RNG stream untouched.
+        mb = next(buffer.minibatches(1, self.cfg.bptt_len, np.random.default_rng(0)))
+        out, _, _ = self.policy(mb.obs, mb.state)
+        kl = self.policy.kl(mb.old_out, out, old_log_std)
+        return float(losses.masked_mean(kl, None if mb.state is None else mb.mask))
+
     def update(self, buffer: RolloutBuffer, rng: np.random.Generator) -> dict[str, float]:
         cfg, policy = self.cfg, self.policy
         for group in self.optimizer.param_groups:
@@ -105,7 +115,10 @@ class PPO:
                 break
         result = dict(zip(STAT_NAMES, (totals / count).tolist(), strict=True))
         if cfg.surrogate == "kl_penalty":
-            self.beta = losses.adaptive_kl_beta(self.beta, result["kl"], cfg.kl_target)
+            # Schulman et al. 2017, section 4: d is the KL of the policy after the epochs, not the average
+            # over minibatches seen while it moved (which understates it and halves beta too often).
+            result["kl_final"] = self._rollout_kl(buffer, old_log_std)
+            self.beta = losses.adaptive_kl_beta(self.beta, result["kl_final"], cfg.kl_target)
             result["kl_beta"] = self.beta
         result["lr"] = self._learning_rate()
         result["early_stop"] = float(stopped_early)

@@ -139,9 +139,9 @@ class TRPO:
     """TRPO update step; the runner collects rollouts, this class only learns from them."""
 
     def __init__(self, policy: ActorCritic, cfg: TRPOConfig, total_iterations: int) -> None:
-        if policy.recurrent and len(policy.lstms) < 2:
+        if policy.shares_trunk:
             raise ValueError(
-                "TRPO needs separate actor and critic LSTMs (policy.shared_trunk: false): with a shared "
+                "TRPO needs separate actor and critic trunks (policy.shared_trunk: false): with a shared "
                 "trunk the value fit would change the policy outside the trust region"
             )
         self.policy, self.cfg = policy, cfg

@@ -49,7 +49,10 @@ def make_env(
         env = TASKS[name](variant=variant, randomization=randomization, render_mode=render_mode)
         return env
     if randomization is not None and randomization.enabled:
-        raise ValueError(f"domain randomization is only available for our robot tasks, not {task_id!r}")
+        raise ValueError(
+            f"domain randomization is only available for our robot tasks, not {task_id!r}: set "
+            "env.randomization.enabled=false (e.g. --set env.randomization.enabled=false)"
+        )
     try:
         return make_gymnasium_env(task_id, render_mode=render_mode)
     except gym.error.Error as exc:
