@@ -161,11 +161,6 @@ class EnsembleLinear(nn.Module):
             w, b = w[members], b[members]
         if detach_params:
             w, b = w.detach(), b.detach()
-        if w.shape[-1] == 1:
-            # A one-output layer (the Q-value) as a product and a sum: torch's (MKL's) batched matrix product
-            # with one output column, and its backward's outer product, took 120-150 us each at [2, 256, 256]
-            # on this CPU against 10-25 us for the element-wise form (same arithmetic, other summation order).
-            return (x * w.transpose(-1, -2)).sum(-1, keepdim=True) + b
         if x.dim() == 2:
             return torch.matmul(x, w) + b  # [B, in] @ [E, in, out] broadcasts to [E, B, out]
         return torch.baddbmm(b, x, w)

@@ -191,6 +191,7 @@ class LoopKernel:
         self.term_source = term_source
         self.term_index = {name: j for j, name in enumerate(term_names)}
         self._out = StepBatch.empty(len(self.envs), tuple(envs[0].observation_space.shape), len(term_names))
+        self._watch = [_gymnasium_mujoco_clock(env) for env in self.envs]
 
     def step(self, actions: np.ndarray) -> StepBatch:
         # Per-env results go to Python lists and into the batch with one conversion per field, and no
@@ -199,12 +200,15 @@ class LoopKernel:
         out = self._out  # reused: the caller copies the results out before the next step
         obs_rows = out.obs
         rewards, terminated, truncated, infos = [], [], [], []
-        for k, env in enumerate(self.envs):
+        for k, (env, watch) in enumerate(zip(self.envs, self._watch, strict=True)):
             try:
+                before = watch[0].time if watch is not None else 0.0
                 obs, reward, term, trunc, info = env.step(actions[k])
                 obs_rows[k] = obs
             except Exception as exc:
                 raise KernelEnvError(k) from exc
+            if watch is not None and watch[0].time - before < watch[1]:
+                obs_rows[k] = np.nan  # MuJoCo reset the env by itself: diverged (see _gymnasium_mujoco_clock)
             rewards.append(reward)
             terminated.append(term)
             truncated.append(trunc)
@@ -233,6 +237,24 @@ class LoopKernel:
 
     def close(self) -> None:
         pass
+
+
+def _gymnasium_mujoco_clock(env: gym.Env) -> tuple[mujoco.MjData, float] | None:
+    """(MjData, half a step in s) of a Gymnasium MuJoCo env, to spot resets MuJoCo makes by itself, or None.
+
+    When a state or acceleration goes bad (NaN, or beyond 1e10) MuJoCo resets the data to the initial state
+    and only leaves a warning; a Gymnasium env then carries on from there as if nothing happened. Such a step
+    does not advance the time by a whole step, and its observation is made non-finite so that the vector
+    env cuts the episode as diverged. Our own tasks check the warnings themselves (``physics_unstable``).
+    """
+    try:
+        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+    except ImportError:  # pragma: no cover - Gymnasium without its MuJoCo envs
+        return None
+    raw = env.unwrapped
+    if not isinstance(raw, MujocoEnv):
+        return None
+    return raw.data, 0.5 * float(raw.dt)
 
 
 def _success(info: dict) -> float:
@@ -310,14 +332,15 @@ class _BatchedMujocoKernel:
         self.max_steps = np.array([lim if lim is not None else np.iinfo(np.int64).max for lim in limits])
         n, nq, nv = len(envs), self.first.model.nq, self.first.model.nv
         self.elapsed = np.zeros(n, np.int64)
-        self._nq = nq
-        # qpos ++ qvel of every env after its latest step or reset.
-        self._state = np.zeros((n, nq + nv))
+        # time ++ qpos ++ qvel of every env after its latest step or reset, one mj_getState call per env
+        # (as cheap as copying qpos and qvel); the time shows a reset MuJoCo made by itself (see step).
+        self._state = np.zeros((n, 1 + nq + nv))
+        self._rows = list(self._state)  # row views, made once
+        self._spec = int(mujoco.mjtState.mjSTATE_TIME | mujoco.mjtState.mjSTATE_QPOS | mujoco.mjtState.mjSTATE_QVEL)
+        self._half_step = 0.5 * self.dt
         self._out = StepBatch.empty(n, tuple(envs[0].observation_space.shape), len(self.term_names))
         # MjData array attributes are views of fixed buffers; fetching them once saves a wrapper per step.
         self._ctrl = [d.ctrl for d in self.datas]
-        self._qpos = [d.qpos for d in self.datas]
-        self._qvel = [d.qvel for d in self.datas]
         for k in range(n):
             self._read_state(k)
         self.threads = max(1, min(threads, n))
@@ -327,13 +350,12 @@ class _BatchedMujocoKernel:
         state = self._state
         before = state.copy()
         step, models, datas, fs = mujoco.mj_step, self.models, self.datas, self.frame_skip
-        ctrl, qpos, qvel, nq = self._ctrl, self._qpos, self._qvel, self._nq
+        ctrl, rows, get_state, spec = self._ctrl, self._rows, mujoco.mj_getState, self._spec
 
         def step_env(k: int) -> None:
             ctrl[k][:] = actions[k]
             step(models[k], datas[k], fs)  # releases the GIL: other threads step other envs meanwhile
-            state[k, :nq] = qpos[k]
-            state[k, nq:] = qvel[k]
+            get_state(models[k], datas[k], rows[k], spec)
 
         if self.threads == 1:  # no team round trip for a one-thread slice
             for k in range(len(datas)):
@@ -348,12 +370,19 @@ class _BatchedMujocoKernel:
                 raise KernelEnvError(k) from exc
         self.elapsed += 1
         out = self._out.clear()  # reused: the caller copies the results out before the next step
-        self._finish(actions, before, state, out)
+        self._finish(actions, before[:, 1:], state[:, 1:], out)
         out.truncated[:] = self.elapsed >= self.max_steps
+        advanced = state[:, 0] - before[:, 0]
+        if advanced.min() < self._half_step:
+            # MuJoCo resets an env's data by itself (time back to 0, a warning left behind) when its state or
+            # acceleration goes bad (NaN, or beyond 1e10): a step that did not advance the time by a whole
+            # step diverged. Its observation is made non-finite, so the vector env's non-finite guard cuts the
+            # episode (truncated, physics_unstable, the last good observation, reward 0) and resets the env.
+            out.obs[advanced < self._half_step] = np.nan
         return out
 
     def _finish(self, actions: np.ndarray, before: np.ndarray, state: np.ndarray, out: StepBatch) -> None:
-        """Fill ``out``'s obs, reward, terminated and terms from the states before and after the step."""
+        """Fill ``out``'s obs, reward, terminated and terms from the states (qpos ++ qvel) before and after."""
         raise NotImplementedError
 
     def after_reset(self, k: int) -> None:
@@ -364,8 +393,7 @@ class _BatchedMujocoKernel:
         self._team.close()
 
     def _read_state(self, k: int) -> None:
-        self._state[k, : self._nq] = self._qpos[k]
-        self._state[k, self._nq :] = self._qvel[k]
+        mujoco.mj_getState(self.models[k], self.datas[k], self._rows[k], self._spec)
 
 
 class HalfCheetahKernel(_BatchedMujocoKernel):

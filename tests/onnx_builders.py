@@ -153,11 +153,12 @@ def linear_policy(
     return _save(graph, meta, path)
 
 
-def counter_policy(path: Path, obs_size: int, hidden: int, layers: int = 1) -> Path:
+def counter_policy(path: Path, obs_size: int, hidden: int, layers: int = 1, interface=None) -> Path:
     """A recurrent graph with hand-checkable state: ``h_out = h_in + obs[:, :hidden]``, ``c_out = c_in + 1``.
 
     ``action = sum over layers of h_out`` ([B, hidden]), so after k calls with the same observation x the
-    action is ``k * layers * x[:hidden]``; ``target = action``. Needs obs_size >= hidden.
+    action is ``k * layers * x[:hidden]``; ``target = action``. Needs obs_size >= hidden. ``interface``
+    (hidden = its action size) makes it a deployable robot policy.
     """
     nodes = [
         helper.make_node("Slice", ["obs", "starts", "ends", "axes"], ["obs_h"]),
@@ -190,7 +191,7 @@ def counter_policy(path: Path, obs_size: int, hidden: int, layers: int = 1) -> P
         ],
         inits,
     )
-    meta = metadata(None, obs_size, hidden, recurrent="lstm", hidden=hidden, layers=layers)
+    meta = metadata(interface, obs_size, hidden, recurrent="lstm", hidden=hidden, layers=layers)
     return _save(graph, meta, path)
 
 

@@ -169,23 +169,6 @@ def test_critic_ensemble_equals_separate_critics_and_detach_keeps_only_input_gra
     assert EnsembleLinear(2, 3, 4)(torch.randn(2, 5, 3)).shape == (2, 5, 4)
 
 
-@pytest.mark.parametrize("shared_input", [True, False])
-def test_one_output_ensemble_layer_equals_the_matrix_product_with_its_gradients(shared_input):
-    # The Q-value layer takes an element-wise path; values and every gradient equal x @ W + b per member.
-    torch.manual_seed(1)
-    layer = EnsembleLinear(2, 6, 1)
-    x = torch.randn(5, 6) if shared_input else torch.randn(2, 5, 6)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = layer(xa)
-    expected = torch.stack([(xb if shared_input else xb[e]) @ layer.weight[e] + layer.bias[e] for e in range(2)])
-    torch.testing.assert_close(out, expected)
-    upstream = torch.randn(2, 5, 1)
-    grads = torch.autograd.grad((out * upstream).sum(), [xa, layer.weight, layer.bias])
-    reference = torch.autograd.grad((expected * upstream).sum(), [xb, layer.weight, layer.bias])
-    for got, want in zip(grads, reference, strict=True):
-        torch.testing.assert_close(got, want)
-
-
 # ---- replay buffer ----------------------------------------------------------------------------------------
 def test_replay_bytes_per_transition_and_halfcheetah_million_fits_well_under_a_gib():
     assert bytes_per_transition(17, 6) == 4 * (17 + 6 + 1) + 1 == 97

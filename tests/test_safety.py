@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_builders import arm_interface, linear_policy, pendulum_controller, pendulum_interface
+from onnx_builders import arm_interface, counter_policy, linear_policy, pendulum_controller, pendulum_interface
 from rl_policy_ros.config import (
     POLICY_PARAMS,
     SIM_PARAMS,
@@ -432,6 +432,61 @@ def test_controller_with_imu_and_task_command(tmp_path: Path) -> None:
     r = c.step(0.002)
     assert not r.decision.safe
     assert r.command == pytest.approx(ActionMapper(iface).targets(np.full(iface.action_size, 0.1)), abs=1e-6)
+
+
+def test_controller_imu_faults_are_not_cleared_by_joint_states_and_a_silent_imu_trips_the_watchdog(
+    tmp_path: Path,
+) -> None:
+    from rl_policy_ros.sim_robot import SimulatedRobot
+
+    robot = SimulatedRobot("quadruped_walk", seed=0)
+    iface = robot.interface
+    robot.start_episode()
+    weight = np.zeros((iface.obs_size, iface.action_size), np.float32)
+    policy = OnnxPolicy(linear_policy(tmp_path / "q.onnx", weight, np.full(iface.action_size, 0.1, np.float32), iface))
+    safety = SafetyConfig.from_interface(iface, soft_start_s=0.0, watchdog_timeout_s=0.1,
+                                         max_rate=tuple([0.0] * iface.num_joints))
+    c = PolicyController(policy, RobotSpec(has_imu=True, default_command=(0.5, 0.0, 0.0)), safety)
+    reading = robot.read()
+    quat, gyro = reading.imu
+    c.on_joint_state(reading.names, reading.position, reading.velocity, 1.0, now=0.0)
+    assert c.on_imu(quat, gyro, now=0.0)
+    assert not c.step(0.01).decision.safe
+    # A NaN Imu: safe, and a good JointState afterwards does not clear it (the policy would run on a stale Imu).
+    assert not c.on_imu(quat, (np.nan, 0.0, 0.0), now=0.02)
+    for k in range(1, 4):
+        c.on_joint_state(reading.names, reading.position, reading.velocity, 1.0 + 0.01 * k, now=0.02 + 0.01 * k)
+        r = c.step(0.025 + 0.01 * k)
+        assert r.decision.safe and r.decision.reason.startswith("Imu:") and np.all(np.isfinite(r.command))
+    assert c.on_imu(quat, gyro, now=0.06)  # a good Imu clears it
+    c.on_joint_state(reading.names, reading.position, reading.velocity, 1.05, now=0.06)
+    assert not c.step(0.065).decision.safe
+    # The Imu goes silent while joint states keep coming: safe once it is older than the watchdog timeout.
+    c.on_joint_state(reading.names, reading.position, reading.velocity, 1.10, now=0.15)
+    assert not c.step(0.155).decision.safe  # Imu 95 ms old
+    c.on_joint_state(reading.names, reading.position, reading.velocity, 1.20, now=0.19)
+    r = c.step(0.195)  # Imu 135 ms old, joint state 5 ms old
+    assert r.decision.safe and r.decision.reason == "watchdog: no fresh Imu within 0.1 s"
+    assert c.safety.counts["watchdog"] == 1
+
+
+def test_activate_and_reset_zero_the_lstm_state(tmp_path: Path) -> None:
+    """A recurrent policy whose action counts its calls: reset_policy (activate) and reset (~/reset) restart
+    it, so the first action after either equals the very first one."""
+    iface = arm_interface()
+    policy = OnnxPolicy(counter_policy(tmp_path / "rnn.onnx", iface.obs_size, iface.action_size, interface=iface))
+    c = make_controller(policy)
+    first = None
+    for k in range(3):
+        c.on_joint_state(["elbow", "shoulder"], [0.3, 0.1], [0.0, 0.0], 1.0 + k, now=0.01 * k)
+        action = c.step(now=0.01 * k + 0.005).action
+        first = action if first is None else first
+        # h accumulates obs[:2] = (q - home) = [0.1, 0.2]: the k-th call gives (k + 1) times it.
+        assert action == pytest.approx([0.1 * (k + 1), 0.2 * (k + 1)], abs=1e-6)
+    for i, restart in enumerate((c.reset_policy, c.reset)):
+        restart()
+        c.on_joint_state(["elbow", "shoulder"], [0.3, 0.1], [0.0, 0.0], 10.0 + i, now=1.0 + i)
+        assert c.step(now=1.005 + i).action == pytest.approx(first, abs=1e-6)
 
 
 def test_activation_reset_keeps_a_latched_estop(arm_policy: OnnxPolicy) -> None:

@@ -138,7 +138,8 @@ def test_resume_restores_weights_optimizer_and_rng(tmp_path):
     for name, value in scaler_saved.items():
         np.testing.assert_array_equal(np.asarray(scaler_restored[name]), np.asarray(value))
     assert len(runner.episode_stats["return"]) > 0
-    assert {k: list(v) for k, v in resumed.episode_stats.items()} == {k: list(v) for k, v in runner.episode_stats.items()}
+    window = {k: list(v) for k, v in runner.episode_stats.items()}
+    assert {k: list(v) for k, v in resumed.episode_stats.items()} == window
     assert resumed.np_rng.random() == runner.np_rng.random()
     resumed.venv.close()
     cfg, policy, ckpt = load_trained_policy(runner.run_dir)

@@ -455,3 +455,23 @@ def test_bench_sim_quick_writes_json(tmp_path: Path) -> None:
         assert row["median"]["ours"] > 0 and row["median"]["bound"] > 0
         assert "ours/sync" in row["ratios"]
     assert "envpool" in data["environment"]["peers"]  # reported either way, installed or not
+
+
+@pytest.mark.parametrize("batch_kernels", [True, False])
+def test_a_reset_mujoco_makes_by_itself_is_reported_as_unstable_physics(batch_kernels: bool) -> None:
+    """MuJoCo resets diverged data (here a velocity beyond 1e10) to the initial state and carries on; the
+    vector env still cuts that episode as physics_unstable, with the last good observation as final_obs."""
+    with make_vector_env(CHEETAH, 2, workers=0, seed=4, batch_kernels=batch_kernels) as venv:
+        assert venv.kernels == (["HalfCheetahKernel"] if batch_kernels else ["LoopKernel"])
+        venv.reset(seed=4)
+        zeros = np.zeros((2, 6), np.float32)
+        obs, *_ = venv.step(zeros)
+        data = venv._runner.envs[1].unwrapped.data  # reach into the in-process env to break its physics
+        data.qvel[:] = 1e11
+        new_obs, rew, term, trunc, info = venv.step(zeros)
+        assert info["physics_unstable"].tolist() == [False, True]
+        assert trunc.tolist() == [False, True] and not term.any() and rew[1] == 0.0
+        np.testing.assert_array_equal(info["final_obs"][1], obs[1])  # the last good observation
+        assert np.isfinite(new_obs).all() and info["episode_length"][1] == 2
+        obs, rew, term, trunc, info = venv.step(zeros)  # the new episode runs normally
+        assert not info["physics_unstable"].any() and not trunc.any()

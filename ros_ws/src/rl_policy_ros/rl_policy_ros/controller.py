@@ -162,8 +162,12 @@ class PolicyController:
         self._pose: np.ndarray | None = None
         self._velocity: np.ndarray | None = None
         self._imu: tuple[np.ndarray, np.ndarray] | None = None
+        self._imu_time: float | None = None
         self._sensor_time: float | None = None
-        self._sensor_fault: str | None = None
+        # One fault per sensor: a good message of one sensor must not clear the other's (a NaN Imu followed
+        # by a good JointState would otherwise run the policy on the last good Imu).
+        self._joint_fault: str | None = None
+        self._imu_fault: str | None = None
         self.bad_messages = 0
         self.warm_ups = 0
         self.last_sensor_error = ""
@@ -187,22 +191,27 @@ class PolicyController:
         try:
             sample = self.matcher.match(names, position, velocity, stamp)
         except SensorError as exc:
-            self._reject(str(exc))
+            self._joint_fault = self._reject(str(exc))
             return "error"
-        self._sensor_fault = None
+        self._joint_fault = None
         if sample.repeat:
             return "repeat"
         self._pose, self._velocity = sample.position, sample.velocity
         self._sensor_time = now
         return "new"
 
-    def on_imu(self, orientation_xyzw: Sequence[float], angular_velocity: Sequence[float]) -> bool:
-        """Take one Imu message; False (and a sensor fault) if it was rejected."""
+    def on_imu(
+        self, orientation_xyzw: Sequence[float], angular_velocity: Sequence[float], now: float | None = None
+    ) -> bool:
+        """Take one Imu message received at monotonic time ``now`` (s; None: not aged, for tests without a
+        clock); False (and an Imu fault until the next good Imu) if it was rejected."""
         try:
             self._imu = imu_reading(orientation_xyzw, angular_velocity)
         except SensorError as exc:
-            self._reject(str(exc))
+            self._imu_fault = self._reject(f"Imu: {exc}")
             return False
+        self._imu_fault = None
+        self._imu_time = now
         return True
 
     def on_task_command(self, values: Sequence[float]) -> str | None:
@@ -216,10 +225,20 @@ class PolicyController:
         self._command = value
         return None
 
-    def _reject(self, message: str) -> None:
-        self._sensor_fault = message
+    def _reject(self, message: str) -> str:
         self.last_sensor_error = message
         self.bad_messages += 1
+        return message
+
+    def _sensor_fault(self, now: float) -> str | None:
+        """Why the sensors cannot be trusted this step (a rejected message, a stale Imu), or None."""
+        if self._joint_fault or self._imu_fault:
+            return self._joint_fault or self._imu_fault
+        timeout = self.safety.config.watchdog_timeout_s
+        if self.interface.imu and self._imu_time is not None and now - self._imu_time > timeout:
+            # The JointState watchdog's rule for the Imu: a stable text, so it is logged once.
+            return f"watchdog: no fresh Imu within {timeout:g} s"
+        return None
 
     # ---- operator actions ------------------------------------------------------------------------
     def reset_policy(self) -> None:
@@ -258,7 +277,7 @@ class PolicyController:
         t0 = time.perf_counter()
         self.stats.start_step(now)
         age = self.sensor_age(now)
-        fault = self._sensor_fault
+        fault = self._sensor_fault(now)
         action = proposed = None
         can_run = (
             not self.safety.estopped

@@ -272,7 +272,7 @@ class PolicyNode(LifecycleNode):
         if self.controller is None:
             return
         o, w = msg.orientation, msg.angular_velocity
-        if not self.controller.on_imu((o.x, o.y, o.z, o.w), (w.x, w.y, w.z)):
+        if not self.controller.on_imu((o.x, o.y, o.z, o.w), (w.x, w.y, w.z), now=self._now()):
             self.get_logger().warning(
                 f"bad Imu: {self.controller.last_sensor_error}", throttle_duration_sec=1.0
             )
