@@ -135,7 +135,9 @@ class _OffPolicyConfig(_Frozen):
     utd_ratio: float = Field(1.0, gt=0, description="gradient updates per env step (update-to-data ratio)")
     gamma: float = Field(0.99, ge=0, lt=1, description="discount")
     tau: float = Field(0.005, gt=0, le=1, description="polyak rate of the target networks")
-    n_step: int = Field(1, ge=1, description="n of the n-step returns in the critic targets (MLP policies)")
+    n_step: int = Field(
+        1, ge=1, description="n of the n-step returns in the critic targets (MLP policies; recurrent SAC refuses n > 1)"
+    )
     actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the actor")
     critic_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the critics")
     reward_scale: float = Field(1.0, gt=0, description="constant reward multiplier")

@@ -49,6 +49,7 @@ from rl_control.runner import (
     CHECKPOINT_NAME,
     CheckpointedRunner,
     TrainResult,
+    episode_means,
     evaluate_policy,
     make_progress,
     new_episode_window,
@@ -250,11 +251,7 @@ class OffPolicyRunner(CheckpointedRunner):
                               **{k: totals[k] / counts[k] for k in totals},
                               **{f"reward_terms/{k}": v / max(n_steps, 1) for k, v in term_sums.items()},
                               **dist_metrics}
-                    if episode_stats["return"]:
-                        record["episode/return"] = float(np.mean(episode_stats["return"]))
-                        record["episode/length"] = float(np.mean(episode_stats["length"]))
-                    if episode_stats["success"]:
-                        record["episode/success"] = float(np.mean(episode_stats["success"]))
+                    record.update(episode_means(episode_stats))
                     last = self.global_step >= self.total_steps
                     if self.iteration % cfg.runner.eval_every == 0 or last:
                         final_eval = self.evaluate_now()

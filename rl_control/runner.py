@@ -89,13 +89,40 @@ def new_episode_window() -> dict[str, deque]:
 
 
 def record_episodes(info: dict, done: np.ndarray, episode_stats: dict[str, deque]) -> None:
-    """Append the return, length and success of every episode that ended this step (vector-env infos)."""
-    for i in np.nonzero(done)[0]:
+    """Append the return, length and success of every episode that ended this step (vector-env infos), and
+    the randomization the vector env sampled for the episodes it started in their place."""
+    ended = np.nonzero(done)[0]
+    for i in ended:
         episode_stats["return"].append(float(info["episode_return"][i]))
         episode_stats["length"].append(int(info["episode_length"][i]))
         success = float(info["is_success"][i]) if "is_success" in info else float("nan")
         if np.isfinite(success):
             episode_stats["success"].append(success)
+    if not ended.size:
+        return
+    for name, values in info.get("randomization", {}).items():
+        window = episode_stats.setdefault(f"randomization/{name}", deque(maxlen=EPISODE_WINDOW))
+        window.extend(float(values[i]) for i in ended if np.isfinite(values[i]))
+
+
+def episode_means(episode_stats: dict[str, deque]) -> dict[str, float]:
+    """What a metrics record logs from the window: episode/return, length, success, randomization/<name>."""
+    means: dict[str, float] = {}
+    if episode_stats["return"]:
+        means["episode/return"] = float(np.mean(episode_stats["return"]))
+        means["episode/length"] = float(np.mean(episode_stats["length"]))
+    if episode_stats["success"]:
+        means["episode/success"] = float(np.mean(episode_stats["success"]))
+    for key, values in episode_stats.items():
+        if key.startswith("randomization/") and values:
+            means[key] = float(np.mean(values))
+    return means
+
+
+def merge_episode_windows(episode_stats: dict[str, deque], other: dict) -> None:
+    """Extend ``episode_stats`` by another window's entries (a remote worker's, or a checkpoint's lists)."""
+    for key, values in other.items():
+        episode_stats.setdefault(key, deque(maxlen=EPISODE_WINDOW)).extend(values)
 
 
 def make_progress(show: bool) -> Progress:
@@ -174,8 +201,7 @@ class CheckpointedRunner:
         torch.set_rng_state(ckpt["torch_global"])
         random.setstate(ckpt["py_random"])
         self.last_eval = ckpt.get("last_eval")
-        for key, values in ckpt.get("episode_window", {}).items():  # absent in checkpoints of older versions
-            self.episode_stats[key].extend(values)
+        merge_episode_windows(self.episode_stats, ckpt.get("episode_window", {}))  # absent in older checkpoints
         self._restore_extra(ckpt)
         self._resumed_step = self.global_step
 
@@ -331,11 +357,7 @@ class Runner(CheckpointedRunner):
                     consistent = True
                     record = {"iteration": self.iteration, "time/collect_s": t1 - t0, "time/update_s": t2 - t1,
                               "steps_per_s": self.steps_per_iter / (t2 - t0), **stats, **term_means}
-                    if episode_stats["return"]:
-                        record["episode/return"] = float(np.mean(episode_stats["return"]))
-                        record["episode/length"] = float(np.mean(episode_stats["length"]))
-                    if episode_stats["success"]:
-                        record["episode/success"] = float(np.mean(episode_stats["success"]))
+                    record.update(episode_means(episode_stats))
                     last = self.iteration == self.total_iterations
                     if self.iteration % cfg.runner.eval_every == 0 or last:
                         final_eval = self.evaluate_now()

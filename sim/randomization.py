@@ -165,12 +165,25 @@ class EpisodeSample:
     latency_steps: int
 
     def as_info(self) -> dict[str, float]:
+        """One number per parameter, for logging: scales as means over bodies / dofs / joints (the world body
+        excluded), offsets as mean absolute values (``com_offset``: mean norm, m). The full arrays are this
+        sample's fields (the env's ``_sample``)."""
+
+        def mean(x: np.ndarray, empty: float = 1.0) -> float:
+            return float(np.mean(x)) if x.size else empty
+
         return {
-            "mass_scale": float(np.mean(self.mass_scale[1:])) if self.mass_scale.size > 1 else 1.0,
+            "mass_scale": mean(self.mass_scale[1:]),
+            "com_offset": mean(np.linalg.norm(self.com_offset[1:], axis=1), 0.0),
             "friction_scale": float(self.friction_scale),
-            "damping_scale": float(np.mean(self.damping_scale)) if self.damping_scale.size else 1.0,
-            "motor_strength": float(np.mean(self.motor_strength)) if self.motor_strength.size else 1.0,
-            "kp_scale": float(np.mean(self.kp_scale)),
+            "damping_scale": mean(self.damping_scale),
+            "armature_scale": mean(self.armature_scale),
+            "motor_strength": mean(self.motor_strength),
+            "kp_scale": mean(self.kp_scale),
+            "kd_scale": mean(self.kd_scale),
+            "home_jitter": mean(np.abs(self.home_jitter), 0.0),
+            "encoder_offset": mean(np.abs(self.encoder_offset), 0.0),
+            "obs_bias": mean(np.abs(self.obs_bias), 0.0),
             "latency_steps": float(self.latency_steps),
         }
 

@@ -51,17 +51,21 @@ def test_make_runner_dispatches_on_the_algorithm_and_ppo_stays_the_default(tmp_p
         r.venv.close()
 
 
+RECURRENT_SAC = ["policy.kind=lstm", "policy.lstm_hidden=16", "algo.burn_in=4", "algo.sequence_length=8",
+                 "algo.sequences_per_batch=8"]
+
+
 @pytest.mark.parametrize(("algo", "task", "extra"), [
-    ("sac", "pendulum_swingup", []),
-    ("td3", "pendulum_swingup", []),
-    ("tqc", "pendulum_swingup", ["algo.n_critics=3", "algo.n_quantiles=5", "algo.top_quantiles_to_drop=1"]),
-    ("sac", "CartPole-v1", ["env.randomization.enabled=false"]),  # discrete SAC
-    ("sac", "pendulum_swingup_novel", ["policy.kind=lstm", "policy.lstm_hidden=16", "algo.burn_in=4",
-                                       "algo.sequence_length=8", "algo.sequences_per_batch=8"]),  # recurrent
+    ("sac", "pendulum_swingup", ["algo.n_step=2"]),
+    ("td3", "pendulum_swingup", ["algo.n_step=2"]),
+    ("tqc", "pendulum_swingup", ["algo.n_step=2", "algo.n_critics=3", "algo.n_quantiles=5",
+                                 "algo.top_quantiles_to_drop=1"]),
+    ("sac", "CartPole-v1", ["algo.n_step=2", "env.randomization.enabled=false"]),  # discrete SAC
+    ("sac", "pendulum_swingup_novel", RECURRENT_SAC),  # recurrent: one-step targets only
 ])
 def test_every_variant_runs_logs_and_round_trips_through_its_checkpoint(tmp_path, algo, task, extra):
     runner, result = _train(tmp_path, [f"algo.name={algo}", f"env.task={task}", "runner.total_steps=400",
-                                       "algo.n_step=2", *TINY, *extra])
+                                       *TINY, *extra])
     assert result.global_step == 400 and not result.interrupted
     records = read_metrics(runner.run_dir)
     assert [r["step"] for r in records] == [100, 200, 300, 400]
@@ -180,6 +184,12 @@ PENDULUM = ["seed=0", "env.task=Pendulum-v1", "env.randomization.enabled=false",
 def test_reaches_minus_200_on_pendulum_within_20k_steps(tmp_path, algo, steps, extra):
     _, result = _train(tmp_path, [*PENDULUM, f"algo.name={algo}", f"runner.total_steps={steps}", *extra])
     assert result.final_eval["mean_return"] >= -200, result.final_eval
+
+
+def test_recurrent_sac_refuses_n_step_returns(tmp_path):
+    with pytest.raises(ValueError, match="algo.n_step=1"):
+        _train(tmp_path, ["algo.name=sac", "env.task=pendulum_swingup_novel", "algo.n_step=3", *TINY,
+                          *RECURRENT_SAC])
 
 
 @pytest.mark.slow

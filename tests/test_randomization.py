@@ -77,6 +77,16 @@ def test_10000_resets_stay_in_range_and_never_compound() -> None:
         assert np.array_equal(m.actuator_gear[:, 1:], fresh.actuator_gear[:, 1:]), i
         assert np.allclose(env.joint_pos, home + s.home_jitter, rtol=0, atol=1e-12), i
         assert info["randomization"]["latency_steps"] == s.latency_steps
+        if i % 1000 == 0:  # every parameter is reported, as its summary
+            got = info["randomization"]
+            assert got["mass_scale"] == pytest.approx(np.mean(s.mass_scale[1:]))
+            assert got["com_offset"] == pytest.approx(np.mean(np.linalg.norm(s.com_offset[1:], axis=1)))
+            assert got["armature_scale"] == pytest.approx(np.mean(s.armature_scale))
+            assert got["kd_scale"] == pytest.approx(np.mean(s.kd_scale))
+            assert got["home_jitter"] == pytest.approx(np.mean(np.abs(s.home_jitter)))
+            assert got["encoder_offset"] == pytest.approx(np.mean(np.abs(s.encoder_offset)))
+            assert got["obs_bias"] == pytest.approx(np.mean(np.abs(s.obs_bias)))
+            assert got["com_offset"] > 0 and got["encoder_offset"] > 0  # WIDE ranges: sampled, not nominal
 
     def stacked(name: str) -> np.ndarray:
         return np.array([getattr(s, name) for s in samples])

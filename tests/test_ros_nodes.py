@@ -535,6 +535,14 @@ def test_watchdog_with_simulated_hardware(
     assert policy.stop() == 0
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def in_process_returns(policy_path: Path, seeds: list[int]) -> tuple[str, list[float]]:
     """(task, return per seed) of the ONNX policy evaluated in process, randomization off."""
     from deploy.runtime import OnnxPolicy
@@ -631,6 +639,16 @@ def test_closed_loop_in_real_time(
     run_episodes(probe, "rt_sim", "rt_policy", 1, timeout=40.0)
     got, want = probe.returns[0], expected[0]
     assert abs(got - want) <= 0.1 * abs(want), f"seed {seeds[0]}: ROS return {got:.3f}, in-process {want:.3f}"
+    # /diagnostics carries the loop statistics of the real-time run: the nominal period, its jitter, inference.
+    from deploy.runtime import OnnxPolicy
+
+    period_ms = 1e3 * OnnxPolicy(closed_loop_policy).interface.policy_dt
+    values = {k: float(v) for k, v in probe.diag("rt_policy")[2].items() if _is_number(v)}
+    assert values["steps"] >= 100, values  # the statistics cover the control steps of the episode
+    assert abs(values["period_p50_ms"] - period_ms) <= 0.05 * period_ms, values
+    assert 0.0 <= values["jitter_p50_ms"] <= values["jitter_p99_ms"] <= values["period_max_ms"]
+    assert 0.0 < values["inference_p50_us"] <= values["inference_p99_us"] and values["step_p50_us"] > 0.0
+    assert values["deadline_misses"] >= 0  # a count (its target is checked by `rlctl bench ros`, not here)
 
 
 # ---- the lockstep timing rules, in this process with direct calls (deterministic) ---------------------

@@ -497,3 +497,36 @@ def test_activation_reset_keeps_a_latched_estop(arm_policy: OnnxPolicy) -> None:
     assert c.step(0.01).decision.reason == "e-stop (operator)"
     c.reset()  # what the ~/reset service does
     assert not c.step(0.02).decision.safe
+
+
+def test_simulated_robot_takes_randomization_ranges_from_a_run_config_and_adds_imu_noise(tmp_path: Path) -> None:
+    from rl_policy_ros.sim_robot import SimulatedRobot, load_randomization
+
+    run_config = tmp_path / "config.yaml"  # what a training run saves, reduced to what is read here
+    run_config.write_text("env:\n  task: quadruped_walk\n  randomization:\n    dynamics:\n"
+                          "      mass_scale: [1.5, 1.6]\n")
+    ranges = load_randomization(run_config)
+    assert (ranges.dynamics.mass_scale.low, ranges.dynamics.mass_scale.high) == (1.5, 1.6)
+    wide = load_randomization(run_config, scale=2.0).dynamics.mass_scale  # half-width 0.05 -> 0.1
+    assert (wide.low, wide.high) == pytest.approx((1.45, 1.65))
+    robot = SimulatedRobot("quadruped_walk", seed=3, randomize=True, randomization=ranges)
+    nominal = SimulatedRobot("quadruped_walk", seed=3)
+    for _ in range(3):
+        robot.start_episode()
+        nominal.start_episode()
+        ratio = robot.env.model.body_mass[1:] / nominal.env.model.body_mass[1:]
+        assert np.all((ratio >= 1.5) & (ratio <= 1.6)), ratio
+    # Imu noise: the same state read twice gives different angular velocities around the true one.
+    noisy = SimulatedRobot("quadruped_walk", seed=3, imu_gyro_noise_std=0.1)
+    noisy.start_episode()
+    gyros = np.array([noisy.read().imu[1] for _ in range(400)])
+    truth = noisy.env.read_sensors().imu_gyro
+    assert np.std(gyros - truth) == pytest.approx(0.1, rel=0.15)
+    assert np.array_equal(noisy.read().imu[0], noisy.read().imu[0])  # the orientation is not perturbed
+    # Bad files name the file and what was expected.
+    (tmp_path / "empty.yaml").write_text("seed: 1\n")
+    with pytest.raises(ValueError, match="empty.yaml: expected a top-level 'randomization'"):
+        load_randomization(tmp_path / "empty.yaml")
+    (tmp_path / "bad.yaml").write_text("randomization:\n  dynamics:\n    mass_scael: [1, 2]\n")
+    with pytest.raises(ValueError, match="bad.yaml: invalid randomization ranges"):
+        load_randomization(tmp_path / "bad.yaml")

@@ -164,6 +164,11 @@ def test_metrics_log_reward_terms_and_tensorboard(tmp_path):
     for name in ("upright", "velocity", "effort"):
         assert f"reward_terms/{name}" in records[-1] and records[-1][f"reward_terms/{name}"] <= 0
     assert "eval/mean_return" in records[-1] and "episode/return" in records[-1]
+    # The dynamics sampled for the episodes started in place of ended ones (default ranges: mass x [0.8, 1.2]).
+    mass = records[-1]["randomization/mass_scale"]
+    assert 0.8 <= mass <= 1.2 and mass != 1.0
+    for name in ("com_offset", "friction_scale", "kd_scale", "encoder_offset", "obs_bias", "latency_steps"):
+        assert np.isfinite(records[-1][f"randomization/{name}"]), name
     assert any(p.name.startswith("events.out.tfevents") for p in (runner.run_dir / "tb").iterdir())
     json.dumps(records)
 

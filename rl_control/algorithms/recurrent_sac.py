@@ -61,6 +61,9 @@ class RecurrentSAC(OffPolicyAlgorithm):
             raise ValueError("recurrent SAC supports continuous actions only; use an MLP policy for discrete SAC")
         if policy_cfg.kind != "lstm":
             raise ValueError("RecurrentSAC needs policy.kind=lstm")
+        if cfg.n_step != 1:
+            # Its targets are one-step TD targets inside each replayed sequence; an ignored n would be a lie.
+            raise ValueError(f"recurrent SAC uses one-step targets: set algo.n_step=1 (got {cfg.n_step})")
         self.cfg = cfg
         self.actor = OffPolicyActor(spec.obs_size, spec.action_size, policy_cfg, "squashed_gaussian",
                                     spec.action_low, spec.action_high)

@@ -148,6 +148,8 @@ def add_chunks(
     ``reward_scale`` as in the local loop, and ended episodes go to ``episode_stats``. Returns the assembled
     observations [T, N, D] (for the learner's normalizer) and {name: sum over t of the mean reward term}.
     """
+    from rl_control.runner import merge_episode_windows
+
     N = slices[-1][1]
     data = {name: np.concatenate([r[name] for r in results], axis=1) for name in CHUNK_FIELDS}
     last_obs = np.concatenate([r["last_obs"] for r in results])
@@ -159,8 +161,7 @@ def add_chunks(
                    data["truncated"][t], cont[t], data["next_obs"][t])
     term_sums: dict[str, float] = {}
     for (lo, hi), r in zip(slices, results, strict=True):
-        for key in ("return", "length", "success"):
-            episode_stats[key].extend(r["episodes"][key])
+        merge_episode_windows(episode_stats, r["episodes"])
         for name, total in r["term_sums"].items():
             term_sums[name] = term_sums.get(name, 0.0) + total * (hi - lo) / N
     return data["obs"], term_sums

@@ -91,6 +91,8 @@ def fill_buffer(
     and GAE. Ended episodes are appended to ``episode_stats``. Returns ``{"reward_terms/<name>": per-step
     mean over all envs}``.
     """
+    from rl_control.runner import merge_episode_windows
+
     T, N = buffer.T, buffer.N
     raw_rewards = torch.zeros(T, N)
     last_values = torch.zeros(N)
@@ -104,8 +106,7 @@ def fill_buffer(
             buffer.states[:, :, :, sl] = torch.from_numpy(r["states"])
         raw_rewards[:, sl] = torch.from_numpy(r["rewards"])
         last_values[sl] = torch.from_numpy(r["last_values"])
-        for key in ("return", "length", "success"):
-            episode_stats[key].extend(r["episodes"][key])
+        merge_episode_windows(episode_stats, r["episodes"])
         for name, total in r["term_sums"].items():
             # The slice's per-step mean, weighted by its share of the envs: the mean over all envs.
             term_sums[name] = term_sums.get(name, 0.0) + total * (hi - lo) / N

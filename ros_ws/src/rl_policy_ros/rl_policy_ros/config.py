@@ -157,9 +157,16 @@ SIM_PARAMS: dict[str, tuple[Any, str]] = {
     "episodes": (0, "episodes to run; 0 = no limit"),
     "wait_for_start": (False, "start each episode only when ~/start_episode is called"),
     "sensor_rate": (100.0, "JointState rate in realtime mode, Hz (lockstep: once per policy period)"),
-    "randomize": (False, "sample dynamics randomization (sim.randomization defaults) at each episode"),
+    "randomize": (False, "sample dynamics randomization at each episode (ranges: randomization_file)"),
+    "randomization_file": (
+        "",
+        "YAML with the ranges: a training run's config.yaml (its env.randomization) or a file with a top-level "
+        "randomization mapping; '' = the sim.randomization defaults",
+    ),
+    "randomization_scale": (1.0, "every range's half-width times this (2 = rlctl eval's 'harder' setting)"),
     "joint_pos_noise_std": (0.0, "Gaussian noise on published joint positions, rad"),
     "joint_vel_noise_std": (0.0, "Gaussian noise on published joint velocities, rad/s"),
+    "imu_gyro_noise_std": (0.0, "Gaussian noise on the published Imu angular velocity, rad/s"),
     "joint_names": ([], "joints of the command array in its order; [] = the task's order"),
     "joint_state_topic": ("/joint_states", "sensor_msgs/JointState output"),
     "imu_topic": ("/imu", "sensor_msgs/Imu output (tasks with an IMU)"),
@@ -185,8 +192,11 @@ class SimHardwareConfig:
     wait_for_start: bool
     sensor_rate: float
     randomize: bool
+    randomization_file: str
+    randomization_scale: float
     joint_pos_noise_std: float
     joint_vel_noise_std: float
+    imu_gyro_noise_std: float
     joint_names: tuple[str, ...]
     joint_state_topic: str
     imu_topic: str
@@ -206,8 +216,11 @@ class SimHardwareConfig:
             wait_for_start=p.flag("wait_for_start"),
             sensor_rate=p.number("sensor_rate", positive=True),
             randomize=p.flag("randomize"),
+            randomization_file=p.text("randomization_file"),
+            randomization_scale=p.number("randomization_scale", positive=True),
             joint_pos_noise_std=p.number("joint_pos_noise_std"),
             joint_vel_noise_std=p.number("joint_vel_noise_std"),
+            imu_gyro_noise_std=p.number("imu_gyro_noise_std"),
             joint_names=p.texts("joint_names"),
             joint_state_topic=p.text("joint_state_topic"),
             imu_topic=p.text("imu_topic"),

@@ -145,8 +145,10 @@ class PolicyNode(LifecycleNode):
             self._imu_sub = self.create_subscription(Imu, cfg.imu_topic, self._on_imu, sensor_qos)
             self._entities.append(self._imu_sub)
         if cfg.task_command_topic:
+            # Reliable, not sensor-data QoS: a task command (a target, a velocity) is sent once per change and
+            # held until the next, so a dropped one would leave the policy on a stale goal indefinitely.
             self._task_command_sub = self.create_subscription(
-                Float64MultiArray, cfg.task_command_topic, self._on_task_command, 10
+                Float64MultiArray, cfg.task_command_topic, self._on_task_command, COMMAND_QOS
             )
             self._entities.append(self._task_command_sub)
         self._joint_sub = self.create_subscription(JointState, cfg.joint_state_topic, self._on_joint_state, sensor_qos)

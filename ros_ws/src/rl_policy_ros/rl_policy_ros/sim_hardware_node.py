@@ -48,7 +48,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from rl_policy_ros import ros_common
 from rl_policy_ros.config import SIM_PARAMS, SimHardwareConfig
-from rl_policy_ros.sim_robot import PeriodResult, SimulatedRobot
+from rl_policy_ros.sim_robot import PeriodResult, SimulatedRobot, load_randomization
+from sim.randomization import RandomizationConfig
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 SCORES = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
@@ -69,12 +70,19 @@ class SimHardwareNode(Node):
     def __init__(self, node_name: str = "sim_hardware", **kwargs: object) -> None:
         super().__init__(node_name, **kwargs)
         self.config = cfg = SimHardwareConfig.from_params(ros_common.declare_parameters(self, SIM_PARAMS))
+        ranges = RandomizationConfig()
+        if cfg.randomization_file:
+            ranges = load_randomization(cfg.randomization_file)
+        if cfg.randomization_scale != 1.0:
+            ranges = ranges.widened(cfg.randomization_scale)
         self.robot = SimulatedRobot(
             cfg.task,
             seed=cfg.seed,
             randomize=cfg.randomize,
+            randomization=ranges,
             joint_pos_noise_std=cfg.joint_pos_noise_std,
             joint_vel_noise_std=cfg.joint_vel_noise_std,
+            imu_gyro_noise_std=cfg.imu_gyro_noise_std,
             command_joint_names=cfg.joint_names,
         )
         self.lockstep = cfg.mode == "lockstep"
@@ -113,6 +121,7 @@ class SimHardwareNode(Node):
             f"simulating {cfg.task} ({cfg.mode}): joints {list(self.robot.command_joint_names)}, "
             f"policy period {iface.policy_dt * 1e3:.1f} ms, physics {self.robot.physics_dt * 1e3:.2f} ms, "
             f"randomize={cfg.randomize}"
+            + (f" ({cfg.randomization_file or 'default ranges'} x{cfg.randomization_scale:g})" if cfg.randomize else "")
         )
         ros_common.freeze_gc()  # the physics runs in real time too; keep full collections short
         if not cfg.wait_for_start:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +55,34 @@ class JointReading:
     imu: tuple[np.ndarray, np.ndarray] | None
 
 
+def load_randomization(path: str | Path, scale: float = 1.0) -> RandomizationConfig:
+    """Randomization ranges from YAML: a training run's ``config.yaml`` (its ``env.randomization``) or a file
+    with a top-level ``randomization`` mapping; every range's half-width times ``scale``.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read, holds neither mapping or fails validation.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read randomization ranges: {exc}") from exc
+    data = data if isinstance(data, dict) else {}
+    section = data.get("randomization", (data.get("env") or {}).get("randomization"))
+    if not isinstance(section, dict):
+        raise ValueError(
+            f"{path}: expected a top-level 'randomization' mapping or a run config with 'env.randomization'"
+        )
+    try:
+        ranges = RandomizationConfig.model_validate(section)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: invalid randomization ranges: {exc}") from exc
+    return ranges if scale == 1.0 else ranges.widened(scale)
+
+
 class SimulatedRobot:
     """A task's physics driven by actuator commands.
 
@@ -61,9 +90,11 @@ class SimulatedRobot:
         task: A robot task id of ``sim.tasks`` (e.g. "pendulum_swingup").
         seed: Seed of the first episode; episode ``i`` uses ``seed + i`` (as an evaluation on seeds
             ``seed, seed + 1, ...`` does).
-        randomize: Sample dynamics randomization (``sim.randomization`` defaults) at each episode start.
+        randomize: Sample dynamics randomization at each episode start.
+        randomization: Its ranges (default: the ``sim.randomization`` defaults); see :func:`load_randomization`.
         joint_pos_noise_std: Gaussian noise on published positions, rad.
         joint_vel_noise_std: Gaussian noise on published velocities, rad/s.
+        imu_gyro_noise_std: Gaussian noise on the published Imu angular velocity, rad/s.
         command_joint_names: Joint order of incoming command arrays; empty means the task's order.
     """
 
@@ -75,10 +106,12 @@ class SimulatedRobot:
         joint_pos_noise_std: float = 0.0,
         joint_vel_noise_std: float = 0.0,
         command_joint_names: Sequence[str] = (),
+        randomization: RandomizationConfig | None = None,
+        imu_gyro_noise_std: float = 0.0,
     ) -> None:
         if split_task_id(task)[0] not in TASKS:
             raise ValueError(f"unknown robot task {task!r}; known: {sorted(TASKS)}")
-        env = make_env(task, RandomizationConfig() if randomize else None)
+        env = make_env(task, (randomization or RandomizationConfig()) if randomize else None)
         if not isinstance(env, MujocoRobotEnv):
             raise ValueError(f"{task!r} is not one of our MuJoCo robot tasks")
         self.env = env
@@ -95,7 +128,7 @@ class SimulatedRobot:
         self._to_iface = np.array([names.index(n) for n in self.interface.joint_names], dtype=np.intp)
         self.seed = seed
         self.episode = -1
-        self.pos_noise, self.vel_noise = joint_pos_noise_std, joint_vel_noise_std
+        self.pos_noise, self.vel_noise, self.gyro_noise = joint_pos_noise_std, joint_vel_noise_std, imu_gyro_noise_std
         self._noise_rng = np.random.default_rng([seed, 7])  # independent of the episode streams
         self.physics_steps = 0  # since construction; the simulated clock is physics_steps * physics_dt
         self.episode_return = 0.0
@@ -216,7 +249,10 @@ class SimulatedRobot:
         imu = None
         if self.interface.imu and reading.imu_quat is not None and reading.imu_gyro is not None:
             w, x, y, z = reading.imu_quat
-            imu = (np.array([x, y, z, w]), np.asarray(reading.imu_gyro, dtype=np.float64))
+            gyro = np.array(reading.imu_gyro, dtype=np.float64)
+            if self.gyro_noise > 0:
+                gyro += self._noise_rng.normal(0.0, self.gyro_noise, gyro.shape)
+            imu = (np.array([x, y, z, w]), gyro)
         return JointReading(
             names=self.command_joint_names,
             position=pos[order],
