@@ -52,7 +52,10 @@ def test_ros_stage_scored_the_closed_loop(quick_demo):
     summary = json.loads((quick_demo / "demo_summary.json").read_text())
     ros = summary["ros"]
     assert ros["ok"], ros
-    assert ros["steps"] > 20 and ros["deadline_misses"] >= 0
+    assert ros["steps"] > 20 and ros["episodes"] >= 1
+    # Issue 6's closed-loop bar: the return through the two ROS processes (real time, the LSTM policy reset
+    # between episodes by ~/reset) within 10% of the in-process ONNX return on the same seeds.
+    assert abs(ros["ros_return"] - ros["sim_return"]) <= 0.1 * abs(ros["sim_return"]), ros
 
 
 def test_rerun_does_not_overwrite(tmp_path):
