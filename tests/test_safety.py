@@ -530,3 +530,51 @@ def test_simulated_robot_takes_randomization_ranges_from_a_run_config_and_adds_i
     (tmp_path / "bad.yaml").write_text("randomization:\n  dynamics:\n    mass_scael: [1, 2]\n")
     with pytest.raises(ValueError, match="bad.yaml: invalid randomization ranges"):
         load_randomization(tmp_path / "bad.yaml")
+
+
+# ---- shipped parameter files and launch file ----------------------------------------------------------------
+PACKAGE = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "rl_policy_ros"
+NODE_PARAMS = {"policy_node": POLICY_PARAMS, "sim_hardware": SIM_PARAMS}
+ROS_BUILTIN_PARAMS = {"use_sim_time"}
+
+
+@pytest.mark.parametrize("name", ["policy_node.yaml", "sim_hardware.yaml", "closed_loop_lockstep.yaml"])
+def test_shipped_parameter_files_set_only_declared_parameters_and_parse(name: str) -> None:
+    """A misspelt key in a shipped file would be silently ignored by the node: every key must be declared,
+    and the file's values (over the defaults) must pass the node's own validation."""
+    import yaml
+
+    data = yaml.safe_load((PACKAGE / "config" / name).read_text())
+    assert set(data) <= set(NODE_PARAMS), f"{name}: unknown node names {set(data) - set(NODE_PARAMS)}"
+    for node, section in data.items():
+        params = section["ros__parameters"]
+        unknown = set(params) - set(NODE_PARAMS[node]) - ROS_BUILTIN_PARAMS
+        assert not unknown, f"{name}: {node} has undeclared parameters {sorted(unknown)}"
+        values = {key: default for key, (default, _) in NODE_PARAMS[node].items()}
+        values |= {k: v for k, v in params.items() if k not in ROS_BUILTIN_PARAMS}
+        parse = PolicyNodeConfig.from_params if node == "policy_node" else SimHardwareConfig.from_params
+        parse(values)
+
+
+def test_launch_file_starts_declared_executables_with_shipped_parameter_files() -> None:
+    """The launch file needs a full ROS install to run; statically: it is valid Python, every ``executable``
+    is a console script of setup.py, every parameter file exists and holds a section for the node's ``name``."""
+    import ast
+
+    import yaml
+
+    source = (PACKAGE / "launch" / "closed_loop.launch.py").read_text()
+    tree = ast.parse(source)
+    setup = (PACKAGE / "setup.py").read_text()
+    nodes = [call for call in ast.walk(tree) if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node"]
+    assert len(nodes) == 3
+    for call in nodes:
+        kwargs = {kw.arg: kw.value for kw in call.keywords}
+        executable, node_name = ast.literal_eval(kwargs["executable"]), ast.literal_eval(kwargs["name"])
+        assert f"{executable} = rl_policy_ros." in setup, executable
+        files = [arg.args[1].value for arg in ast.walk(kwargs["parameters"])
+                 if isinstance(arg, ast.Call) and getattr(arg.func, "attr", "") == "join"]
+        assert files, f"{node_name}: no parameter file"
+        for file in files:
+            data = yaml.safe_load((PACKAGE / "config" / file).read_text())
+            assert node_name in data, f"{file} has no section for node {node_name!r}"
