@@ -245,3 +245,36 @@ def test_sensor_dropout_repeats_the_stale_reading() -> None:
     assert np.abs(env.joint_pos - env.mapper.home).max() > 0.3  # the arm moved ...
     np.testing.assert_array_equal(obs[pos], obs0[pos])  # ... but every reading was dropped
     np.testing.assert_allclose(obs[last], action)  # the policy's own last action is always current
+
+
+def test_encoder_offset_obs_bias_and_pd_gain_scales_act_where_they_should() -> None:
+    """Each sampled value reaches the place it models: the encoder offset the joint reading, the observation
+    bias every observation entry, the PD scales the actuator effort (position-controlled arm)."""
+    raw = identity_config(obs_bias=[0.3, 0.3]).model_dump()
+    raw["dynamics"] |= {"encoder_offset": [0.05, 0.05], "kp_scale": [1.5, 1.5], "kd_scale": [0.5, 0.5]}
+    cfg = RandomizationConfig.model_validate(raw)
+    env = make_env("arm_reach", cfg)
+    obs, _ = env.reset(seed=2)
+    reading = env.read_sensors()
+    np.testing.assert_allclose(reading.joint_pos - env.joint_pos, 0.05, rtol=0, atol=1e-12)
+    unbiased = env.builder.build(reading, np.zeros(env.interface.action_size), env.command)
+    np.testing.assert_allclose(obs - unbiased, 0.3, rtol=0, atol=1e-6)  # float32 observation
+    q, qd = env.joint_pos, env.joint_vel
+    targets = q + 0.1
+    tau = env._simulate(targets, nstep=1)  # one physics step: the torque of the PD at the current state
+    mapper = env.mapper
+    expected = np.clip(mapper.kp * 1.5 * (targets - q) - mapper.kd * 0.5 * qd, -mapper.effort_max, mapper.effort_max)
+    np.testing.assert_allclose(tau, expected, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(tau, mapper.effort(targets, q, qd))  # nominal gains would differ
+
+
+def test_observation_noise_has_each_terms_standard_deviation() -> None:
+    from sim.randomization import observation_noise
+
+    env = make_env("arm_reach", identity_config(obs_noise_scale=2.0))
+    noise = np.array([observation_noise(np.random.default_rng(k), env._noise_std, env.randomization)
+                      for k in range(4000)])
+    expected = 2.0 * env._noise_std
+    assert np.all(expected[: env.interface.num_joints] > 0)  # the joint-position term is noisy
+    np.testing.assert_allclose(noise.std(axis=0), expected, rtol=0.06, atol=1e-12)
+    np.testing.assert_allclose(noise.mean(axis=0), 0.0, atol=0.1 * expected.max())
