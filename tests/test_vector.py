@@ -399,6 +399,18 @@ def test_close_leaves_no_processes_and_no_shared_memory() -> None:
     assert _our_shm_entries() <= before
     with pytest.raises(RuntimeError, match="closed"):
         venv.step(np.zeros((4, 6), np.float32))
+    # The buffers' file is unlinked at creation, so /dev/shm shows nothing either way; what would leak is the
+    # mapping. multiprocessing keeps a freed arena mapped for reuse: more envs opened and closed must not add any.
+    mapped = _shared_mappings()
+    for _ in range(3):
+        make_vector_env(CHEETAH, 4, workers=2).close()
+    assert _shared_mappings() <= mapped
+
+
+def _shared_mappings() -> int:
+    """Shared-memory mappings of this process (multiprocessing arenas: deleted files under /dev/shm or tmp)."""
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        return sum(1 for line in f if "rw-s" in line and ("pym-" in line or "/dev/shm" in line))
 
 
 def test_garbage_collected_env_ends_its_workers() -> None:
