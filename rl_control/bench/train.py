@@ -285,6 +285,7 @@ def run(args: argparse.Namespace) -> dict:
                 "return_median": statistics.median([r["eval"] for r in rs]),
                 "returns": [r["eval"] for r in rs],
                 "cpu_s": [r["cpu_s"] for r in rs],
+                "loop_s": [r.get("loop_s") for r in rs],  # ours: the logged collect + update part of wall_s
             }
         if "sb3" in summary:
             for c in ("ours", "ours-2workers"):

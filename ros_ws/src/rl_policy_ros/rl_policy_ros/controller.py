@@ -232,8 +232,9 @@ class PolicyController:
 
     def _sensor_fault(self, now: float) -> str | None:
         """Why the sensors cannot be trusted this step (a rejected message, a stale Imu), or None."""
-        if self._joint_fault or self._imu_fault:
-            return self._joint_fault or self._imu_fault
+        fault = self._joint_fault or self._imu_fault
+        if fault:
+            return fault
         timeout = self.safety.config.watchdog_timeout_s
         if self.interface.imu and self._imu_time is not None and now - self._imu_time > timeout:
             # The JointState watchdog's rule for the Imu: a stable text, so it is logged once.

@@ -49,7 +49,6 @@ from trajectory_msgs.msg import JointTrajectory
 from rl_policy_ros import ros_common
 from rl_policy_ros.config import SIM_PARAMS, SimHardwareConfig
 from rl_policy_ros.sim_robot import PeriodResult, SimulatedRobot, load_randomization
-from sim.randomization import RandomizationConfig
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 SCORES = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
@@ -70,11 +69,7 @@ class SimHardwareNode(Node):
     def __init__(self, node_name: str = "sim_hardware", **kwargs: object) -> None:
         super().__init__(node_name, **kwargs)
         self.config = cfg = SimHardwareConfig.from_params(ros_common.declare_parameters(self, SIM_PARAMS))
-        ranges = RandomizationConfig()
-        if cfg.randomization_file:
-            ranges = load_randomization(cfg.randomization_file)
-        if cfg.randomization_scale != 1.0:
-            ranges = ranges.widened(cfg.randomization_scale)
+        ranges = load_randomization(cfg.randomization_file, cfg.randomization_scale)
         self.robot = SimulatedRobot(
             cfg.task,
             seed=cfg.seed,

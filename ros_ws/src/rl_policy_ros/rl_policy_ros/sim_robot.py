@@ -57,7 +57,8 @@ class JointReading:
 
 def load_randomization(path: str | Path, scale: float = 1.0) -> RandomizationConfig:
     """Randomization ranges from YAML: a training run's ``config.yaml`` (its ``env.randomization``) or a file
-    with a top-level ``randomization`` mapping; every range's half-width times ``scale``.
+    with a top-level ``randomization`` mapping, or the ``sim.randomization`` defaults for an empty ``path``;
+    every range's half-width times ``scale``.
 
     Raises:
         ValueError: naming the file, when it cannot be read, holds neither mapping or fails validation.
@@ -65,6 +66,9 @@ def load_randomization(path: str | Path, scale: float = 1.0) -> RandomizationCon
     import yaml
     from pydantic import ValidationError
 
+    if not str(path):
+        ranges = RandomizationConfig()
+        return ranges if scale == 1.0 else ranges.widened(scale)
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
