@@ -33,6 +33,7 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rl_policy_ros.ros_common import call_with_resend  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64, Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
@@ -222,13 +223,25 @@ class Probe:
             self.executor.spin_once(timeout_sec=0.01)
         return predicate()
 
-    def call(self, srv_type: Any, name: str, request: Any = None, timeout: float = 15.0) -> Any:
+    def call(
+        self,
+        srv_type: Any,
+        name: str,
+        request: Any = None,
+        timeout: float = 15.0,
+        may_resend: Callable[[], bool] = lambda: True,
+        took_effect: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """Call a service; an unanswered request is resent while ``may_resend()`` (a lost reply, see
+        ``call_with_resend``; a lifecycle transition must not be repeated)."""
         client = self.node.create_client(srv_type, name)
         try:
             assert self.spin_until(client.service_is_ready, timeout), f"service {name} did not appear"
-            future = client.call_async(request if request is not None else srv_type.Request())
-            assert self.spin_until(future.done, timeout), f"service {name} did not answer"
-            return future.result()
+            request = request if request is not None else srv_type.Request()
+            try:
+                return call_with_resend(client, request, self.spin_until, timeout, may_resend, took_effect)
+            except TimeoutError as error:
+                raise AssertionError(f"service {name} did not answer") from error
         finally:
             self.node.destroy_client(client)
 
@@ -238,7 +251,7 @@ class Probe:
     def transition(self, node_name: str, transition_id: int) -> bool:
         request = ChangeState.Request()
         request.transition.id = transition_id
-        return bool(self.call(ChangeState, f"/{node_name}/change_state", request).success)
+        return bool(self.call(ChangeState, f"/{node_name}/change_state", request, may_resend=lambda: False).success)
 
     def commands_since(self, t: float) -> list[list[float]]:
         return [c for when, c in self.commands if when >= t]
@@ -567,7 +580,14 @@ def run_episodes(probe: Probe, sim: str, policy: str, episodes: int, timeout: fl
     assert probe.spin_until(lambda: probe.lifecycle_state(policy) == "active", 20.0)
     for i in range(episodes):
         assert probe.call(Trigger, f"/{policy}/reset").success
-        assert probe.call(Trigger, f"/{sim}/start_episode").success
+        # Resending is harmless while the episode runs; once its return is in, a resend would start the next.
+        started = probe.call(
+            Trigger,
+            f"/{sim}/start_episode",
+            may_resend=lambda i=i: len(probe.returns) == i,
+            took_effect=lambda i=i: len(probe.returns) > i,
+        )
+        assert started is None or started.success, started.message
         assert probe.spin_until(lambda i=i: len(probe.returns) > i, timeout), f"episode {i} did not finish"
 
 
@@ -657,6 +677,87 @@ def _spin_until(executor: SingleThreadedExecutor, predicate: Callable[[], bool],
     while not predicate() and time.monotonic() < end:
         executor.spin_once(timeout_sec=0.02)
     return predicate()
+
+
+def test_service_call_resends_when_a_reply_is_lost(ros_context: tuple[Any, dict]) -> None:
+    """A reply lost in DDS discovery (the closed loop once waited 15 s for ~/reset) must not hang the caller:
+    the request is sent again after RESEND_S, never when the caller forbids it, and a request shown to have taken
+    effect ends the wait without an answer. A server that never answers its first request stands in for the loss."""
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.task import Future
+    from rl_policy_ros.ros_common import RESEND_S
+
+    context, _ = ros_context
+    server = rclpy.create_node("resend_server", context=context)
+    caller = rclpy.create_node("resend_caller", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(server)
+    executor.add_node(caller)
+    requests: list[float] = []
+
+    async def swallow_first(request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        requests.append(time.monotonic())
+        if len(requests) == 1:
+            await Future()  # never done: this request is never answered
+        response.success, response.message = True, f"request {len(requests)}"
+        return response
+
+    # Reentrant: the default (mutually exclusive) group would hold the second request behind the first.
+    server.create_service(Trigger, "/resend_test", swallow_first, callback_group=ReentrantCallbackGroup())
+    client = caller.create_client(Trigger, "/resend_test")
+
+    def spin(predicate: Callable[[], bool], seconds: float) -> bool:
+        return _spin_until(executor, predicate, seconds)
+
+    try:
+        assert spin(client.service_is_ready, 10.0)
+        t0 = time.monotonic()
+        answer = call_with_resend(client, Trigger.Request(), spin, timeout=10.0)
+        assert answer.success and answer.message == "request 2", answer.message
+        assert len(requests) == 2 and requests[1] - requests[0] >= RESEND_S - 0.05
+        assert time.monotonic() - t0 < RESEND_S + 2.0
+        # The answered request leaves on the executor's next turn (a done callback); the unanswered one is dropped.
+        assert spin(lambda: not client._pending_requests, 1.0), "the unanswered request was not dropped"
+
+        requests.clear()
+        with pytest.raises(TimeoutError, match="/resend_test"):
+            call_with_resend(client, Trigger.Request(), spin, timeout=RESEND_S + 0.5, may_resend=lambda: False)
+        assert len(requests) == 1
+
+        requests.clear()
+        t1 = time.monotonic()
+        effect = call_with_resend(
+            client, Trigger.Request(), spin, timeout=10.0, took_effect=lambda: time.monotonic() - t1 > 0.5
+        )
+        assert effect is None and len(requests) == 1
+    finally:
+        executor.shutdown()
+        server.destroy_node()
+        caller.destroy_node()
+
+
+def test_simulator_start_episode_is_idempotent_while_running(ros_context: tuple[Any, dict]) -> None:
+    """A resent ~/start_episode (its first reply lost) must not restart the running episode with the next seed:
+    it answers success and names the running episode; after the episode, a call starts the next one."""
+    from rclpy.parameter import Parameter
+    from rl_policy_ros.sim_hardware_node import SimHardwareNode
+
+    context, _ = ros_context
+    overrides = {"task": "pendulum_swingup", "mode": "lockstep", "wait_for_start": True, "seed": 5}
+    overrides |= {"command_topic": "/idem/commands", "joint_state_topic": "/idem/joint_states"}
+    params = [Parameter(k, value=v) for k, v in overrides.items()]
+    sim = SimHardwareNode("idem_sim", context=context, parameter_overrides=params)
+    try:
+        first = sim._on_start_episode(Trigger.Request(), Trigger.Response())
+        assert first.success and sim.robot.episode == 0 and "seed 5" in first.message, first.message
+        again = sim._on_start_episode(Trigger.Request(), Trigger.Response())
+        assert again.success and sim.robot.episode == 0, "a repeated start restarted the episode"
+        assert "episode 0 (seed 5) is already running" in again.message, again.message
+        sim._running = False  # as at the episode's end
+        nxt = sim._on_start_episode(Trigger.Request(), Trigger.Response())
+        assert nxt.success and sim.robot.episode == 1 and "seed 6" in nxt.message, nxt.message
+    finally:
+        sim.destroy_node()
 
 
 def test_lockstep_simulator_ignores_a_command_published_before_its_reading(ros_context: tuple[Any, dict]) -> None:

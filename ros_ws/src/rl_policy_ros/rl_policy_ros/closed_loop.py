@@ -412,11 +412,31 @@ class Operator:
         self.spin_until(client.service_is_ready, timeout, f"service {name}")
         return client
 
-    def call(self, srv_type: Any, name: str, timeout: float = 15.0) -> Any:
-        """Call a service with an empty request; ClosedLoopError if it is not there or does not answer."""
-        future = self.client(srv_type, name, timeout).call_async(srv_type.Request())
-        self.spin_until(future.done, timeout, f"an answer from {name}")
-        return future.result()
+    def call(
+        self,
+        srv_type: Any,
+        name: str,
+        timeout: float = 15.0,
+        may_resend: Callable[[], bool] = lambda: True,
+        took_effect: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """Call a service with an empty request, resending while unanswered (``ros_common.call_with_resend``):
+        only services that tolerate a repeat are called here (our ``~/reset``, and ``~/start_episode`` while its
+        episode runs). ClosedLoopError if the service is not there or does not answer."""
+        from rl_policy_ros import ros_common
+
+        client = self.client(srv_type, name, timeout)
+        try:
+            return ros_common.call_with_resend(
+                client,
+                srv_type.Request(),
+                lambda predicate, seconds: self.spin_until(predicate, seconds, what=""),
+                timeout,
+                may_resend,
+                took_effect,
+            )
+        except TimeoutError:
+            raise ClosedLoopError(f"timed out after {timeout:.0f} s waiting for an answer from {name}") from None
 
 
 def diag_number(values: dict[str, str], key: str) -> float:
@@ -657,9 +677,13 @@ def _score(
         op.spin_for(max(0.0, last_end + settle - time.monotonic()))
         if not op.call(Trigger, reset_srv).success:
             raise ClosedLoopError("the policy node refused ~/reset")
-        answer = op.call(Trigger, start_srv)
+        # A repeated start is harmless while the episode runs; once its return is in, it would start the next.
+        def ended(i: int = i) -> bool:
+            return len(returns) > i
+
+        answer = op.call(Trigger, start_srv, may_resend=lambda: not ended(), took_effect=ended)
         commands["counting"] = True  # from the episode's start (within a few ms) to its return message
-        if not answer.success:
+        if answer is not None and not answer.success:
             raise ClosedLoopError(f"the simulator refused episode {i}: {answer.message}")
         op.spin_until(lambda i=i: len(returns) > i, episode_timeout, f"the end of episode {i} (seed {seed})")
         commands["counting"] = False

@@ -1,4 +1,5 @@
-"""Small rclpy helpers shared by the nodes: parameter declaration, stamps, a signal-safe spin loop."""
+"""Small rclpy helpers shared by the nodes: parameter declaration, stamps, a signal-safe spin loop, service calls
+that survive a lost reply."""
 
 from __future__ import annotations
 
@@ -134,6 +135,47 @@ def spin_until_signal(
         executor.shutdown()  # nothing is dispatched after this point
         rclpy.try_shutdown(context=node.context)
     return 0
+
+
+RESEND_S = 2.0
+"""An unanswered service request is sent again after this long (see ``call_with_resend``)."""
+
+
+def call_with_resend(
+    client: Any,
+    request: Any,
+    spin_until: Callable[[Callable[[], bool], float], Any],
+    timeout: float,
+    may_resend: Callable[[], bool] = lambda: True,
+    took_effect: Callable[[], bool] = lambda: False,
+) -> Any:
+    """Call a ready service client; its answer, or None if ``took_effect()`` shows that the request was served
+    though no answer came. TimeoutError when neither happens within ``timeout`` s.
+
+    A reply can be lost when the server's reply writer has not yet matched this client's reply reader:
+    discovery is not symmetric, ``service_is_ready()`` only sees the client's side, and the Fast DDS rmw waits
+    only ~100 ms for the match before dropping the reply (a loaded machine took longer). So an unanswered request
+    is sent again every RESEND_S while ``may_resend()``; call this only for services that tolerate a repeat.
+    ``spin_until(predicate, seconds)`` spins the caller's executor until the predicate holds or time is up.
+    """
+    futures = [client.call_async(request)]
+    end = time.monotonic() + timeout
+
+    def settled() -> bool:
+        return any(f.done() for f in futures) or took_effect()
+
+    while not settled():
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer from {client.srv_name} within {timeout:.0f} s")
+        spin_until(settled, min(RESEND_S, left))
+        if not settled() and time.monotonic() < end and may_resend():
+            futures.append(client.call_async(request))
+    answers = [f.result() for f in futures if f.done()]
+    for f in futures:
+        if not f.done():
+            client.remove_pending_request(f)
+    return answers[0] if answers else None
 
 
 def init(args: list[str] | None) -> None:

@@ -23,7 +23,9 @@ Interfaces (names relative to the node):
   ``/clock`` (lockstep), ``~/reward`` (std_msgs/Float64, each policy period), ``~/episode_return``
   (std_msgs/Float64, at each episode end), ``~/task_command`` (std_msgs/Float64MultiArray, transient local,
   for tasks with a command).
-- services: ``~/start_episode`` (std_srvs/Trigger: reset with the next seed), ``~/enable_sensors``
+- services: ``~/start_episode`` (std_srvs/Trigger: reset with the next seed; while an episode runs, it
+  answers success and does not restart it, so a client may resend a request whose answer was lost),
+  ``~/enable_sensors``
   (std_srvs/SetBool: false stops publishing sensors, as a failed driver would).
 
 Run: ``python -m rl_policy_ros.sim_hardware_node --ros-args --params-file config/sim_hardware.yaml``.
@@ -206,6 +208,13 @@ class SimHardwareNode(Node):
         return f" (median: the policy node answered {answer:.2f} ms after the reading, in transit {transit:.2f} ms)"
 
     def _on_start_episode(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self._running:
+            # Idempotent while running: a DDS reply can be lost when the server's reply writer has not yet
+            # matched a new client (rmw waits only ~100 ms for it), and the client then resends.
+            robot = self.robot
+            response.success = True
+            response.message = f"episode {robot.episode} (seed {robot.seed + robot.episode}) is already running"
+            return response
         if not self._episodes_left():
             response.success, response.message = False, f"all {self.config.episodes} episodes done"
             return response
