@@ -146,6 +146,11 @@ class _OffPolicyConfig(_Frozen):
     )
     iteration_steps: int = Field(1_000, ge=1, description="env steps per iteration (one metrics record)")
     save_replay: bool = Field(False, description="also checkpoint the replay buffer (large) for exact resume")
+    hidden_matmul: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="precision of the hidden-to-hidden products in updates (bfloat16: ~2x faster products on a "
+        "CPU with native bfloat16, slower without; inputs, outputs, losses and weights stay float32)",
+    )
 
 
 class SACConfig(_OffPolicyConfig):

@@ -10,13 +10,17 @@
   [low, high] by :meth:`OffPolicyActor.scale`.
 - :class:`EnsembleLinear` / :class:`CriticEnsemble`: E critics as batched matrix products with weights
   [E, in, out] (``torch.baddbmm``), one call per layer for all critics instead of a Python loop.
+- :func:`hidden_products`: within it, the hidden-to-hidden layers of actors and critics multiply in
+  bfloat16 (``algo.hidden_matmul``); everywhere else, and by default, everything is float32.
 
 Recurrent state follows the project convention [L, 2, B, H] with L = 1 (the actor's own LSTM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -30,6 +34,51 @@ ActorKind = Literal["squashed_gaussian", "deterministic", "categorical"]
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the clamp of Haarnoja et al.'s reference implementation
 
 _ACT = {"tanh": torch.tanh, "elu": nn.functional.elu, "relu": torch.relu}
+HIDDEN_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+_hidden_dtype: torch.dtype | None = None  # set by hidden_products(); None: float32 everywhere
+
+
+@contextlib.contextmanager
+def hidden_products(name: str) -> Iterator[None]:
+    """Run the hidden-to-hidden layers (width -> width, e.g. 256 -> 256) in ``name`` ("float32", "bfloat16").
+
+    Those layers are most of an off-policy update's arithmetic at the usual sizes (16 of its ~20 matrix
+    products for SAC), and a CPU with native bfloat16 (AVX512-BF16, AMX) multiplies them about twice as fast.
+    Their inputs and weights are rounded to bfloat16 (8 significant bits) with float32 accumulation; the first
+    layer (raw inputs), the output layers (Q values, action statistics), the losses and the optimizer's float32
+    master weights are untouched, as in mixed-precision training. Acting, evaluation and export run outside
+    this block, so the deployed policy is float32. On a CPU without native bfloat16 this is slower, not
+    faster. Not re-entrant across threads (one update at a time).
+    """
+    global _hidden_dtype
+    if name not in HIDDEN_DTYPES:
+        raise ValueError(f"hidden_matmul must be one of {sorted(HIDDEN_DTYPES)}, got {name!r}")
+    saved, _hidden_dtype = _hidden_dtype, HIDDEN_DTYPES[name]
+    try:
+        yield
+    finally:
+        _hidden_dtype = saved
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _run_body(body: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """An ``mlp`` body (Linear, activation, ...) with its hidden-to-hidden layers in the hidden dtype."""
+    if _hidden_dtype is None:
+        return body(x)
+    for i, layer in enumerate(body):
+        if isinstance(layer, nn.Linear) and i > 0:
+            x = nn.functional.linear(x.to(_hidden_dtype), layer.weight.to(_hidden_dtype), layer.bias.to(_hidden_dtype))
+        else:
+            x = layer(x)
+    return x.float()
 
 
 class OffPolicyActor(nn.Module):
@@ -97,7 +146,7 @@ class OffPolicyActor(nn.Module):
             h, c = state[0, 0].unsqueeze(0).contiguous(), state[0, 1].unsqueeze(0).contiguous()
             x, (h, c) = self.lstms[0](x, (h, c))
             new_state = torch.stack([h[0], c[0]]).unsqueeze(0)
-        return self.policy_head(self.actor_body(x)), new_state
+        return self.policy_head(_run_body(self.actor_body, x)), new_state
 
     def step(
         self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None = None
@@ -143,11 +192,12 @@ class EnsembleLinear(nn.Module):
     Weights are [E, in, out]; each member is initialized like ``nn.Linear`` (uniform in +-1/sqrt(in)).
     """
 
-    def __init__(self, ensemble: int, in_size: int, out_size: int) -> None:
+    def __init__(self, ensemble: int, in_size: int, out_size: int, hidden: bool = False) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(in_size)
         self.weight = nn.Parameter(torch.empty(ensemble, in_size, out_size).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(ensemble, 1, out_size).uniform_(-bound, bound))
+        self.hidden = hidden  # hidden-to-hidden: multiplies in the hidden dtype inside hidden_products()
 
     def forward(self, x: torch.Tensor, detach_params: bool = False, members: slice | None = None) -> torch.Tensor:
         """x: [E', B, in] or [B, in] (shared by all members) -> [E', B, out].
@@ -161,6 +211,10 @@ class EnsembleLinear(nn.Module):
             w, b = w[members], b[members]
         if detach_params:
             w, b = w.detach(), b.detach()
+        if self.hidden and _hidden_dtype is not None:
+            x, w, b = x.to(_hidden_dtype), w.to(_hidden_dtype), b.to(_hidden_dtype)
+        elif x.dtype != w.dtype:
+            x = x.to(w.dtype)  # the output layer after a low-precision hidden layer
         if x.dim() == 2:
             return torch.matmul(x, w) + b  # [B, in] @ [E, in, out] broadcasts to [E, B, out]
         return torch.baddbmm(b, x, w)
@@ -175,7 +229,11 @@ class CriticEnsemble(nn.Module):
     def __init__(self, in_size: int, out_size: int, hidden: tuple[int, ...], ensemble: int, activation: str) -> None:
         super().__init__()
         sizes = (in_size, *hidden, out_size)
-        self.layers = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        last = len(sizes) - 2
+        self.layers = nn.ModuleList(
+            EnsembleLinear(ensemble, a, b, hidden=0 < i < last)
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+        )
         self.act = _ACT[activation]
         self.ensemble, self.out_size = ensemble, out_size
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rl_control import offpolicy_math as M
-from rl_control.offpolicy_networks import CriticEnsemble, EnsembleLinear
+from rl_control.config import PolicyConfig
+from rl_control.offpolicy_networks import CriticEnsemble, EnsembleLinear, OffPolicyActor, hidden_products
 from rl_control.replay import ReplayBuffer, bytes_per_transition
 
 
@@ -167,6 +168,56 @@ def test_critic_ensemble_equals_separate_critics_and_detach_keeps_only_input_gra
     ens(xr).sum().backward()
     torch.testing.assert_close(xg.grad, xr.grad)
     assert EnsembleLinear(2, 3, 4)(torch.randn(2, 5, 3)).shape == (2, 5, 4)
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).float()
+
+
+def test_bfloat16_hidden_products_round_only_the_hidden_to_hidden_layers():
+    """Inside hidden_products("bfloat16") a critic equals, to float32 rounding, a hand computation in which
+    only the width->width layer's input, weight and bias are rounded to bfloat16; first and output layers, the
+    output and every gradient stay float32. "float32" (the default) is bit-identical to no block at all."""
+    torch.manual_seed(0)
+    ens = CriticEnsemble(5, 1, (64, 64), ensemble=2, activation="relu")
+    x = torch.randn(16, 5)
+    ref = ens(x)
+    with hidden_products("float32"):
+        assert torch.equal(ens(x), ref)
+    with hidden_products("bfloat16"):
+        out = ens(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    first, hidden, last = ens.layers
+    assert not first.hidden and hidden.hidden and not last.hidden
+    for e in range(2):
+        h = torch.relu(x @ first.weight[e] + first.bias[e])
+        h = _bf16(_bf16(h) @ _bf16(hidden.weight[e]) + _bf16(hidden.bias[e]))  # bf16 product, rounded output
+        torch.testing.assert_close(out[e], torch.relu(h) @ last.weight[e] + last.bias[e], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=0.03, atol=0.03)  # and near the float32 value
+    with hidden_products("bfloat16"):
+        ens(x).sum().backward()
+    assert all(p.grad.dtype == torch.float32 and p.dtype == torch.float32 for p in ens.parameters())
+    assert hidden.weight.grad.abs().sum() > 0
+    assert ens(x).dtype == torch.float32 and torch.equal(ens(x), ref)  # outside the block: float32 again
+    with pytest.raises(ValueError, match="hidden_matmul must be one of"):
+        with hidden_products("float16"):
+            pass
+
+
+def test_bfloat16_hidden_products_in_the_actor_and_never_outside_the_block():
+    torch.manual_seed(1)
+    cfg = PolicyConfig(hidden_sizes=(32, 32), activation="relu", normalize_obs=False)
+    actor = OffPolicyActor(3, 2, cfg, "squashed_gaussian")
+    x = torch.randn(8, 3)
+    ref = actor.head(x)[0]
+    with hidden_products("bfloat16"):
+        out = actor.head(x)[0]
+    body = actor.actor_body
+    h = torch.relu(body[0](x))
+    h = torch.relu(_bf16(_bf16(h) @ _bf16(body[2].weight).T + _bf16(body[2].bias)))
+    torch.testing.assert_close(out, actor.policy_head(h), rtol=1e-5, atol=1e-5)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    assert torch.equal(actor.head(x)[0], ref)  # acting, evaluation and export run in float32
 
 
 # ---- replay buffer ----------------------------------------------------------------------------------------

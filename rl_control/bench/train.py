@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="off-policy learning budget in env steps, all learning envs (default per env: Pendulum-v1 20k, "
         "HalfCheetah-v5 60k)",
     )
+    parser.add_argument(
+        "--offpolicy-hidden-matmul",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our off-policy algo.hidden_matmul (bfloat16 hidden-to-hidden products; SB3 stays float32)",
+    )
     parser.add_argument("--steps", type=int, default=0, help="env steps per run (default: per suite)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per contender")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one contender and print JSON
@@ -330,6 +336,7 @@ def run(args: argparse.Namespace) -> dict:
                 learning_envs=args.offpolicy_learning_envs,
                 rounds=args.repeats,
                 steps=args.offpolicy_steps,
+                hidden_matmul=args.offpolicy_hidden_matmul,
                 seeds=1,
                 quick=args.quick,
             )

@@ -104,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=0, help="learning budget in env steps, all envs (default per env: 20k, 60k)"
     )
     parser.add_argument("--seeds", type=int, default=1, help="learning runs per contender (seeds 0, 1, ...)")
+    parser.add_argument(
+        "--hidden-matmul",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our algo.hidden_matmul (bfloat16 hidden-to-hidden products; SB3 stays float32)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one contender run, prints JSON
     parser.add_argument("--job", help=argparse.SUPPRESS)
 
@@ -116,9 +122,10 @@ def _segment(job: dict) -> tuple[int, int]:
     return SEGMENT[job["algo"]], job["hp"]["warm_updates"]
 
 
-def _our_overrides(algo: str, env_id: str, hp: dict, seed: int) -> list[str]:
+def _our_overrides(algo: str, env_id: str, hp: dict, seed: int, hidden_matmul: str = "float32") -> list[str]:
     h = hp["hidden"]
     out = [
+        f"algo.hidden_matmul={hidden_matmul}",
         f"seed={seed}",
         f"env.task={env_id}",
         "env.num_envs=1",
@@ -158,7 +165,7 @@ def _ours(job: dict) -> dict:
     from rl_control.offpolicy_runner import OffPolicyRunner
 
     algo, env_id, hp = job["algo"], job["env"], job["hp"]
-    overrides = _our_overrides(algo, env_id, hp, job["seed"])
+    overrides = _our_overrides(algo, env_id, hp, job["seed"], job.get("hidden_matmul", "float32"))
     if job["part"] == "throughput":
         seg, warm = _segment(job)
         # Iterations (one metrics record each) cut exactly at the end of the warm-up and of the warm updates.
@@ -329,7 +336,8 @@ def run_offpolicy_bench(args: argparse.Namespace) -> dict:
     algos = [a for a in args.algos.split(",") if a]
     parts = [p for p in args.parts.split(",") if p]
     peers = {a: common.peer_status(*PEERS[a]) for a in algos}
-    results: dict = {"throughput": {}, "learning": {}}
+    hidden_matmul = getattr(args, "hidden_matmul", "float32")
+    results: dict = {"throughput": {}, "learning": {}, "ours_hidden_matmul": hidden_matmul}
     rows_t, rows_l = [], []
     if "throughput" in parts:
         for env_id in args.envs.split(","):
@@ -341,6 +349,7 @@ def run_offpolicy_bench(args: argparse.Namespace) -> dict:
                     "seed": 0,
                     "part": "throughput",
                     "quick": bool(args.quick),
+                    "hidden_matmul": hidden_matmul,
                 }
                 contenders = ["ours"] + (["sb3"] if peers[algo].available else [])
                 runs: dict[str, list[dict]] = {c: [] for c in contenders}
@@ -382,6 +391,7 @@ def run_offpolicy_bench(args: argparse.Namespace) -> dict:
                         "part": "learning",
                         "steps": steps,
                         "quick": bool(args.quick),
+                        "hidden_matmul": hidden_matmul,
                     }
                     for c in contenders:
                         runs[c].append(_spawn(c, job))
@@ -395,14 +405,14 @@ def run_offpolicy_bench(args: argparse.Namespace) -> dict:
     if rows_t:
         common.print_table(
             "bench train-offpolicy: gradient updates per CPU-second (one update per env step, "
-            "256x256 nets, batch 256, 1 torch thread)",
+            f"256x256 nets, batch 256, 1 torch thread; ours: {hidden_matmul} hidden products)",
             ["env", "algo", "ours", "SB3", "ours/SB3"],
             rows_t,
         )
     if rows_l:
         common.print_table(
             "bench train-offpolicy: return after a fixed budget (deterministic, 10 episodes), updates per "
-            "CPU-second of those runs",
+            f"CPU-second of those runs (ours: {hidden_matmul} hidden products)",
             [
                 "env",
                 "algo",
