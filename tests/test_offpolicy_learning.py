@@ -178,7 +178,8 @@ PENDULUM = ["seed=0", "env.task=Pendulum-v1", "env.randomization.enabled=false",
 @pytest.mark.slow
 @pytest.mark.parametrize(("algo", "steps", "extra"), [
     ("sac", 10_000, ["algo.alpha_lr=1e-3"]),  # measured: eval -110.3 at 10k (-110.7 at 20k); ~1 min
-    # Hidden-to-hidden products in bfloat16 (algo.hidden_matmul): the same bar. Measured: eval -112.2 at 10k (float32: -109.7, same run).
+    # Hidden-to-hidden products in bfloat16 (algo.hidden_matmul): the same bar. Measured: eval -112.3 at 10k
+    # (float32: -109.7, same session).
     ("sac", 10_000, ["algo.alpha_lr=1e-3", "algo.hidden_matmul=bfloat16"]),
     ("td3", 8_000, []),  # measured: eval -114.5 at 8k (-120.5 at 16k); ~1 min
     ("tqc", 8_000, ["algo.alpha_lr=1e-3"]),  # 5 critics x 25 quantiles; measured: eval -110.5 at 8k; ~2 min
