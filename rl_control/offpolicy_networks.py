@@ -45,11 +45,12 @@ def hidden_products(name: str) -> Iterator[None]:
 
     Those layers are most of an off-policy update's arithmetic at the usual sizes (16 of its ~20 matrix
     products for SAC), and a CPU with native bfloat16 (AVX512-BF16, AMX) multiplies them about twice as fast.
-    Their inputs and weights are rounded to bfloat16 (8 significant bits) with float32 accumulation; the first
-    layer (raw inputs), the output layers (Q values, action statistics), the losses and the optimizer's float32
-    master weights are untouched, as in mixed-precision training. Acting, evaluation and export run outside
-    this block, so the deployed policy is float32. On a CPU without native bfloat16 this is slower, not
-    faster. Not re-entrant across threads (one update at a time).
+    Their inputs, weights and outputs are rounded to bfloat16 (8 significant bits), with float32 accumulation;
+    the first layer (raw inputs), the output layers (Q values, action statistics), the losses and the
+    optimizer's float32 master weights are untouched, as in mixed-precision training. The critics' skinny
+    layers also switch to faster kernels here (``EnsembleLinear._mixed_forward``). Acting, evaluation and
+    export run outside this block, so the deployed policy is float32. On a CPU without native bfloat16 this
+    is slower, not faster. A module-level setting: one update at a time per process.
     """
     global _hidden_dtype
     if name not in HIDDEN_DTYPES:

@@ -152,6 +152,7 @@ class Probe:
         self._js_pub = self.node.create_publisher(JointState, "/joint_states", 10)
         self.joint_state: Callable[[], JointState | None] | None = None
         self._stamp = 1.0
+        self._clients: dict[str, Any] = {}
 
     def close(self) -> None:
         self.executor.remove_node(self.node)
@@ -233,17 +234,17 @@ class Probe:
         took_effect: Callable[[], bool] = lambda: False,
     ) -> Any:
         """Call a service; an unanswered request is resent while ``may_resend()`` (a lost reply, see
-        ``call_with_resend``; a lifecycle transition must not be repeated)."""
-        client = self.node.create_client(srv_type, name)
+        ``call_with_resend``; a lifecycle transition must not be repeated). One client per service, kept: a
+        reply can only be lost before the server has matched the client, so later calls are safe."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(srv_type, name)
+        assert self.spin_until(client.service_is_ready, timeout), f"service {name} did not appear"
+        request = request if request is not None else srv_type.Request()
         try:
-            assert self.spin_until(client.service_is_ready, timeout), f"service {name} did not appear"
-            request = request if request is not None else srv_type.Request()
-            try:
-                return call_with_resend(client, request, self.spin_until, timeout, may_resend, took_effect)
-            except TimeoutError as error:
-                raise AssertionError(f"service {name} did not answer") from error
-        finally:
-            self.node.destroy_client(client)
+            return call_with_resend(client, request, self.spin_until, timeout, may_resend, took_effect)
+        except TimeoutError as error:
+            raise AssertionError(f"service {name} did not answer") from error
 
     def lifecycle_state(self, node_name: str) -> str:
         return self.call(GetState, f"/{node_name}/get_state").current_state.label
