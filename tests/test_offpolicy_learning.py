@@ -62,6 +62,10 @@ RECURRENT_SAC = ["policy.kind=lstm", "policy.lstm_hidden=16", "algo.burn_in=4", 
                                  "algo.top_quantiles_to_drop=1"]),
     ("sac", "CartPole-v1", ["algo.n_step=2", "env.randomization.enabled=false"]),  # discrete SAC
     ("sac", "pendulum_swingup_novel", RECURRENT_SAC),  # recurrent: one-step targets only
+    # bfloat16 hidden products: quantile outputs, per-action Q values, and the recurrent critic's heads.
+    ("tqc", "pendulum_swingup", ["algo.hidden_matmul=bfloat16", "algo.n_critics=3", "algo.n_quantiles=5"]),
+    ("sac", "CartPole-v1", ["algo.hidden_matmul=bfloat16", "env.randomization.enabled=false"]),
+    ("sac", "pendulum_swingup_novel", [*RECURRENT_SAC, "algo.hidden_matmul=bfloat16"]),
 ])
 def test_every_variant_runs_logs_and_round_trips_through_its_checkpoint(tmp_path, algo, task, extra):
     runner, result = _train(tmp_path, [f"algo.name={algo}", f"env.task={task}", "runner.total_steps=400",
