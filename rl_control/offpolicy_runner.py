@@ -165,20 +165,16 @@ class OffPolicyRunner(CheckpointedRunner):
         n = int(self.update_debt)
         self.update_debt -= n
         with hidden_products(a.hidden_matmul):
-            self._update(n, totals, counts)
+            for _ in range(n):
+                if self.algo.uses_sequences:
+                    batch = self.replay.sample_sequences(a.sequences_per_batch, a.burn_in + a.sequence_length,
+                                                         a.burn_in, self.np_rng)
+                else:
+                    batch = self.replay.sample(a.batch_size, self.np_rng)
+                for k, v in self.algo.update(batch).items():
+                    totals[k] = totals.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
         return n
-
-    def _update(self, n: int, totals: dict[str, float], counts: dict[str, int]) -> None:
-        a = self.cfg.algo
-        for _ in range(n):
-            if self.algo.uses_sequences:
-                batch = self.replay.sample_sequences(a.sequences_per_batch, a.burn_in + a.sequence_length,
-                                                     a.burn_in, self.np_rng)
-            else:
-                batch = self.replay.sample(a.batch_size, self.np_rng)
-            for k, v in self.algo.update(batch).items():
-                totals[k] = totals.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
 
     def _collect_chunk(self, episode_stats: dict, term_sums: dict[str, float], dist_metrics: dict[str, float]) -> int:
         """The rest of this iteration from the Ray workers into the replay buffer; returns the vector steps

@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from rl_control.bench import common
+from rl_control.bench.train_offpolicy import HIDDEN_MATMUL_CHOICES
 
 # Shared hyper-parameters (SB3 names on the left, ours derived from them).
 HPARAMS = {
@@ -75,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--offpolicy-hidden-matmul",
-        choices=("float32", "bfloat16"),
+        choices=HIDDEN_MATMUL_CHOICES,
         default="float32",
         help="our off-policy algo.hidden_matmul (bfloat16 hidden-to-hidden products; SB3 stays float32)",
     )

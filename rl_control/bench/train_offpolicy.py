@@ -36,6 +36,8 @@ import time
 from rl_control.bench import common
 
 ALGOS = ("sac", "td3", "tqc")
+HIDDEN_MATMUL_CHOICES = ("float32", "bfloat16")
+"""Our ``algo.hidden_matmul`` values (SB3 always runs float32)."""
 THROUGHPUT = {
     "hidden": 256,
     "batch": 256,
@@ -106,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="learning runs per contender (seeds 0, 1, ...)")
     parser.add_argument(
         "--hidden-matmul",
-        choices=("float32", "bfloat16"),
+        choices=HIDDEN_MATMUL_CHOICES,
         default="float32",
         help="our algo.hidden_matmul (bfloat16 hidden-to-hidden products; SB3 stays float32)",
     )
