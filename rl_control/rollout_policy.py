@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rl_control.networks import ActorCritic
+from rl_control.normalizer import RunningNormalizer
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -43,7 +44,7 @@ def _activation(module: nn.Module):
     return None
 
 
-def _mirrorable(body: nn.Sequential) -> bool:
+def mirrorable(body: nn.Sequential) -> bool:
     return all(isinstance(m, nn.Linear) or _activation(m) is not None for m in body)
 
 
@@ -54,9 +55,51 @@ def numpy_rollout_policy(policy: ActorCritic, snapshot: bool = False) -> NumpyRo
     """
     if policy.recurrent or policy.discrete or policy.log_std is None:
         return None
-    if not (_mirrorable(policy.actor_body) and _mirrorable(policy.critic_body)):
+    if not (mirrorable(policy.actor_body) and mirrorable(policy.critic_body)):
         return None
     return NumpyRolloutPolicy(policy, snapshot)
+
+
+def numpy_layer_stack(body: nn.Sequential, head: nn.Linear) -> list:
+    """[(W^T, b) or activation fn] with numpy views of the parameters (W^T: x @ W^T + b).
+
+    Views share memory with the parameters, so in-place optimizer steps are seen without a rebuild."""
+    layers = []
+    for m in [*body, head]:
+        if isinstance(m, nn.Linear):
+            layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
+        else:
+            layers.append(_activation(m))
+    return layers
+
+
+def run_layer_stack(layers: list, x: np.ndarray) -> np.ndarray:
+    """x [B, D] through a :func:`numpy_layer_stack` (or a merged one)."""
+    for layer in layers:
+        if callable(layer):
+            x = layer(x)
+        else:
+            w_t, b = layer
+            x = x @ w_t
+            x += b
+    return x
+
+
+def normalizer_arrays(norm: RunningNormalizer | None) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(mean, std, clip) as float32 numpy, exactly as ``RunningNormalizer.forward`` casts them; read again
+    after every ``update`` (it replaces its tensors)."""
+    if norm is None:
+        return None
+    return norm.mean.float().numpy(), torch.sqrt(norm.var + norm.eps).float().numpy(), norm.clip
+
+
+def normalize_numpy(norm: tuple[np.ndarray, np.ndarray, float] | None, obs: np.ndarray) -> np.ndarray:
+    """``RunningNormalizer.forward`` on float32 numpy with :func:`normalizer_arrays`' statistics."""
+    x = np.asarray(obs, dtype=np.float32)
+    if norm is None:
+        return x
+    mean, std, clip = norm
+    return np.clip((x - mean) / std, -clip, clip)
 
 
 def merge_layer_stacks(first: list, second: list) -> list | None:
@@ -99,32 +142,15 @@ class NumpyRolloutPolicy:
         self.policy, self.snapshot = policy, snapshot
         self.sync()
 
-    @staticmethod
-    def _layers(body: nn.Sequential, head: nn.Linear) -> list:
-        """[(W^T, b) or activation fn] with numpy views of the parameters (W^T: x @ W^T + b)."""
-        layers = []
-        for m in [*body, head]:
-            if isinstance(m, nn.Linear):
-                layers.append((m.weight.detach().numpy().T, m.bias.detach().numpy()))
-            else:
-                layers.append(_activation(m))
-        return layers
-
     def sync(self) -> None:
         """Read the normalizer statistics (it replaces its tensors on update), the log-std and, for a
         snapshot, the weights."""
         policy = self.policy
-        self.actor = self._layers(policy.actor_body, policy.policy_head)
-        self.critic = self._layers(policy.critic_body, policy.value_head)
+        self.actor = numpy_layer_stack(policy.actor_body, policy.policy_head)
+        self.critic = numpy_layer_stack(policy.critic_body, policy.value_head)
         self.merged = merge_layer_stacks(self.actor, self.critic) if self.snapshot else None
         self.action_size = policy.policy_head.out_features
-        norm = self.policy.normalizer
-        if norm is None:
-            self.norm = None
-        else:
-            # As RunningNormalizer.forward: float64 statistics cast to the observation dtype.
-            std = torch.sqrt(norm.var + norm.eps).float().numpy()
-            self.norm = (norm.mean.float().numpy(), std, norm.clip)
+        self.norm = normalizer_arrays(self.policy.normalizer)
         self.log_std = self.policy.log_std.detach().numpy()
         if self.snapshot:
             self.log_std = self.log_std.copy()
@@ -135,27 +161,13 @@ class NumpyRolloutPolicy:
     def _log_prob_const(log_std: np.ndarray) -> np.ndarray:
         return log_std.sum() + 0.5 * _LOG_2PI * log_std.shape[-1]
 
-    @staticmethod
-    def _run(layers: list, x: np.ndarray) -> np.ndarray:
-        for layer in layers:
-            if callable(layer):
-                x = layer(x)
-            else:
-                w_t, b = layer
-                x = x @ w_t
-                x += b
-        return x
-
     def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Gaussian mean [B, A], value [B]) of raw observations [B, D]."""
-        x = np.asarray(obs, dtype=np.float32)
-        if self.norm is not None:
-            mean, std, clip = self.norm
-            x = np.clip((x - mean) / std, -clip, clip)
+        x = normalize_numpy(self.norm, obs)
         if self.merged is not None:
-            y = self._run(self.merged, x)
+            y = run_layer_stack(self.merged, x)
             return y[:, : self.action_size], y[:, self.action_size]
-        return self._run(self.actor, x), self._run(self.critic, x)[:, 0]
+        return run_layer_stack(self.actor, x), run_layer_stack(self.critic, x)[:, 0]
 
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(action, log_prob, value, mean) given standard-normal ``noise`` [B, A], as ActorCritic.act."""

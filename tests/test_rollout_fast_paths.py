@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import rl_control.networks as networks
+from rl_control import offpolicy_math as M
+from rl_control.algorithms import make_offpolicy_algorithm
+from rl_control.algorithms.offpolicy_base import SpaceSpec
 from rl_control.algorithms.ppo import PPO, clip_grad_norm
 from rl_control.buffers import Minibatch
-from rl_control.config import PolicyConfig, PPOConfig
+from rl_control.config import PolicyConfig, PPOConfig, SACConfig, TD3Config, TQCConfig
 from rl_control.networks import ActorCritic
 from rl_control.optim import FusedAdam
 from rl_control.ppo_numpy_grad import numpy_ppo_gradient
@@ -272,3 +275,52 @@ def test_shared_mlp_trunk_feeds_both_heads_and_both_losses_train_it():
     noise = torch.randn((5, 2), generator=torch.Generator().manual_seed(3))
     for got, want in zip(twin.act(obs.numpy(), noise.numpy()), expected[:4], strict=True):
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _torch_explore(algo, obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The reference: exploration actions computed by the actor's torch forward pass."""
+    out, _, _ = algo.actor.step(obs, None)
+    noise = torch.randn((obs.shape[0], algo.spec.action_size), generator=generator)
+    if algo.actor.kind == "deterministic":
+        return (algo.actor.unit_action(out) + noise * algo.cfg.exploration_noise).clamp(-1.0, 1.0)
+    mean, log_std = algo.actor.split(out)
+    return M.squashed_gaussian_sample(mean, log_std, noise)[0]
+
+
+@pytest.mark.parametrize("name", ["sac", "td3", "tqc"])
+@pytest.mark.parametrize("normalize_obs", [True, False])
+def test_offpolicy_exploration_twin_acts_like_the_torch_actor(name, normalize_obs):
+    torch.manual_seed(0)
+    spec = SpaceSpec(5, 3, False, np.array([-2.0, 0.0, -1.0], np.float32), np.array([2.0, 1.0, 3.0], np.float32))
+    policy_cfg = PolicyConfig(hidden_sizes=(32, 16), activation="relu", normalize_obs=normalize_obs)
+    algo = make_offpolicy_algorithm(spec, policy_cfg, {"sac": SACConfig, "td3": TD3Config, "tqc": TQCConfig}[name]())
+    for p in algo.actor.parameters():  # away from the small initialization, so that tanh saturates somewhere
+        p.data.add_(0.5 * torch.randn_like(p))
+    obs = torch.randn(6, 5) * 3
+    assert algo._numpy_head(obs) is not None  # this is the numpy path
+    for _ in range(2):
+        if normalize_obs:  # new statistics each round: the twin must read them at every call
+            algo.actor.normalizer.update(torch.randn(50, 5) * 2 + 1)
+        got = algo.explore(obs, None, None, torch.Generator().manual_seed(4))[0]
+        want = _torch_explore(algo, obs, torch.Generator().manual_seed(4))
+        assert got.dtype == torch.float32 and got.shape == (6, 3)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert got.abs().max() > 0.9  # some actions near the bounds: the squash is exercised
+        np.testing.assert_array_equal(algo.env_actions(got), algo.actor.scale(got).numpy())
+        # The twin shares the parameters: an in-place load (checkpoint, Ray broadcast) is seen.
+        state = {k: v + 0.1 for k, v in algo.actor.state_dict().items()}
+        algo.actor.load_state_dict(state)
+
+
+def test_offpolicy_exploration_without_a_twin_uses_torch():
+    spec = SpaceSpec(4, 2, False, -np.ones(2, np.float32), np.ones(2, np.float32))
+    elu = make_offpolicy_algorithm(spec, PolicyConfig(hidden_sizes=(8,), activation="elu"), SACConfig())
+    lstm = make_offpolicy_algorithm(spec, PolicyConfig(kind="lstm", lstm_hidden=8, hidden_sizes=(8,)), SACConfig())
+    discrete = make_offpolicy_algorithm(SpaceSpec(4, 3, True), PolicyConfig(hidden_sizes=(8,)), SACConfig())
+    obs = torch.randn(2, 4)
+    assert elu._numpy_head(obs) is None and lstm._numpy_head(obs) is None
+    torch.testing.assert_close(elu.explore(obs, None, None, torch.Generator().manual_seed(1))[0],
+                               _torch_explore(elu, obs, torch.Generator().manual_seed(1)))
+    actions, state = lstm.explore(obs, lstm.actor.initial_state(2), None, torch.Generator().manual_seed(1))
+    assert actions.shape == (2, 2) and state.shape == (1, 2, 2, 8)
+    assert discrete.explore(obs, None, None, torch.Generator())[0].dtype == torch.int64

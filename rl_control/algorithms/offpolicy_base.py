@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from rl_control import offpolicy_math as M
-from rl_control.offpolicy_networks import OffPolicyActor
+from rl_control.offpolicy_networks import LOG_STD_MAX, LOG_STD_MIN, OffPolicyActor
 from rl_control.optim import FusedAdam
+from rl_control.rollout_policy import mirrorable, normalize_numpy, normalizer_arrays, numpy_layer_stack, run_layer_stack
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class OffPolicyAlgorithm:
         self.log_alpha: torch.Tensor | None = None
         self.target_entropy = 0.0
         self.auto_alpha = False
+        self._twin: list | bool | None = None  # the actor's numpy layer stack, False if it has none; built lazily
+        if not spec.discrete:  # OffPolicyActor.scale's constants (its default box is [-1, 1])
+            low = np.full(spec.action_size, -1.0) if spec.action_low is None else spec.action_low
+            high = np.full(spec.action_size, 1.0) if spec.action_high is None else spec.action_high
+            self._action_low = np.asarray(low, np.float32)
+            self._action_range = np.asarray(high, np.float32) - self._action_low
 
     # ---- temperature (SAC, TQC) -----------------------------------------------------------------------
     def _init_temperature(self, init_alpha: float, auto: bool, target_entropy: float) -> None:
@@ -144,10 +151,29 @@ class OffPolicyAlgorithm:
         return torch.from_numpy(rng.uniform(-1.0, 1.0, (n, self.spec.action_size)).astype(np.float32))
 
     def env_actions(self, actions: torch.Tensor) -> np.ndarray:
-        """What the vector env receives: scaled to [low, high], or integer indices."""
+        """What the vector env receives: scaled to [low, high] (``OffPolicyActor.scale`` in numpy, the same
+        float32 operations in the same order), or integer indices."""
         if self.spec.discrete:
             return actions.numpy().astype(np.int64)
-        return self.actor.scale(actions).numpy()
+        return self._action_low + (actions.numpy() + 1.0) * 0.5 * self._action_range
+
+    def _numpy_head(self, obs: torch.Tensor) -> np.ndarray | None:
+        """The actor's head output [N, .] for raw obs [N, D] through its numpy twin, or None for an actor
+        without one (LSTM, activations other than tanh/ReLU).
+
+        Collection runs the actor once per vector step on a few rows, where torch's per-op dispatch costs
+        more than the arithmetic (see ``rl_control.rollout_policy``); between two gradient updates that
+        code path also runs with cold caches, which measured 2-3x its warm time here. The twin reads the
+        live parameters (numpy views; the optimizer and ``load_state_dict`` write in place) and the
+        normalizer's statistics at each call (``update`` replaces them).
+        """
+        if self._twin is None:
+            actor = self.actor
+            usable = not actor.recurrent and mirrorable(actor.actor_body)
+            self._twin = numpy_layer_stack(actor.actor_body, actor.policy_head) if usable else False
+        if self._twin is False:
+            return None
+        return run_layer_stack(self._twin, normalize_numpy(normalizer_arrays(self.actor.normalizer), obs.numpy()))
 
     def explore(
         self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None,
@@ -160,5 +186,11 @@ class OffPolicyAlgorithm:
         raise NotImplementedError
 
 
-def gaussian_noise(shape: torch.Size, generator: torch.Generator | None = None) -> torch.Tensor:
-    return torch.randn(shape, generator=generator)
+def squashed_gaussian_explore(out: np.ndarray, action_size: int, generator: torch.Generator) -> torch.Tensor:
+    """tanh(mean + std * noise) from a squashed-Gaussian head output [N, 2A] in numpy: the action of
+    ``offpolicy_math.squashed_gaussian_sample`` (same noise draw, same float32 operations), without its
+    log-probability, which collection does not use."""
+    mean, log_std = out[:, :action_size], np.clip(out[:, action_size:], LOG_STD_MIN, LOG_STD_MAX)
+    noise = torch.randn(mean.shape, generator=generator).numpy()
+    return torch.from_numpy(np.tanh(mean + noise * np.exp(log_std)))
+

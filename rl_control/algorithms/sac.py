@@ -19,7 +19,7 @@ import math
 import torch
 
 from rl_control import offpolicy_math as M
-from rl_control.algorithms.offpolicy_base import OffPolicyAlgorithm, SpaceSpec
+from rl_control.algorithms.offpolicy_base import OffPolicyAlgorithm, SpaceSpec, squashed_gaussian_explore
 from rl_control.config import PolicyConfig, SACConfig
 from rl_control.offpolicy_networks import CriticEnsemble, OffPolicyActor, target_copy
 from rl_control.replay import TransitionBatch
@@ -60,6 +60,8 @@ class SAC(OffPolicyAlgorithm):
     def explore(
         self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.discrete and (out := self._numpy_head(obs)) is not None:
+            return squashed_gaussian_explore(out, self.spec.action_size, generator), None
         out, _, _ = self.actor.step(obs, None)
         if self.discrete:
             return torch.multinomial(torch.softmax(out, -1), 1, generator=generator).squeeze(-1), None

@@ -7,6 +7,7 @@ updates (actor and target networks updated every ``policy_delay`` critic updates
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rl_control import offpolicy_math as M
@@ -48,6 +49,9 @@ class TD3(OffPolicyAlgorithm):
     def explore(
         self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if (out := self._numpy_head(obs)) is not None:  # the same float32 operations in numpy
+            noise = torch.randn(out.shape, generator=generator).numpy() * self.cfg.exploration_noise
+            return torch.from_numpy(np.clip(np.tanh(out) + noise, -1.0, 1.0)), None
         out, _, _ = self.actor.step(obs, None)
         action = self.actor.unit_action(out)
         noise = torch.randn(action.shape, generator=generator) * self.cfg.exploration_noise

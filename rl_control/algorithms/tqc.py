@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from rl_control import offpolicy_math as M
-from rl_control.algorithms.offpolicy_base import OffPolicyAlgorithm, SpaceSpec
+from rl_control.algorithms.offpolicy_base import OffPolicyAlgorithm, SpaceSpec, squashed_gaussian_explore
 from rl_control.config import PolicyConfig, TQCConfig
 from rl_control.offpolicy_networks import CriticEnsemble, OffPolicyActor, target_copy
 from rl_control.replay import TransitionBatch
@@ -48,6 +48,8 @@ class TQC(OffPolicyAlgorithm):
     def explore(
         self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor | None, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if (out := self._numpy_head(obs)) is not None:
+            return squashed_gaussian_explore(out, self.spec.action_size, generator), None
         out, _, _ = self.actor.step(obs, None)
         mean, log_std = self.actor.split(out)
         return M.squashed_gaussian_sample(mean, log_std, torch.randn(mean.shape, generator=generator))[0], None
