@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlctl {args.command}: error: {exc}", file=sys.stderr)
         print("(set RLCTL_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # argparse's usage errors and explicit exit codes pass through
+            raise
+        # Commands that refuse their arguments (an unknown demo task, bench options) exit like the errors above.
+        print(f"rlctl {args.command}: error: {exc.code}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settings", default="nominal,randomized,harder",
-                   help="comma-separated: nominal, randomized (training ranges), harder (2x wider ranges)")
+                   help="comma-separated: nominal, randomized (the run's training ranges; with --policy the "
+                   "default ranges), harder (2x wider ranges)")
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
     p.set_defaults(func=cmd_eval)
 

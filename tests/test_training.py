@@ -245,6 +245,9 @@ def test_rlctl_eval_reports_the_return_of_the_saved_policy_and_errors_name_the_p
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "env.randomization.enabled=false" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # A command that refuses its arguments with SystemExit(message) ends the same way.
+    unknown = subprocess.run([*cli, "demo", "--task", "no_such_task"], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "rlctl demo: error: no demo config for task 'no_such_task'" in unknown.stderr
 
 
 def test_bench_train_quick_runs_the_ppo_suites(tmp_path):
