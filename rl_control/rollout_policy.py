@@ -9,7 +9,8 @@ per step, valid until the weights change; the runner takes one snapshot per coll
 the weights are fixed. It computes exactly the math of ``ActorCritic.act``: normalize, the two MLP
 trunks, the Gaussian sample from the caller's torch generator (same random stream as ``act``) and its
 log-probability. Policies it cannot mirror (recurrent, discrete, other layer types) get ``None`` from
-:func:`numpy_rollout_policy` and are collected through ``ActorCritic.act``.
+:func:`numpy_rollout_policy` and are collected through ``ActorCritic.act``. The off-policy actors explore
+through the same layer-stack and normalizer helpers (``OffPolicyAlgorithm._numpy_head``).
 """
 
 from __future__ import annotations
