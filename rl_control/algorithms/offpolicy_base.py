@@ -193,4 +193,3 @@ def squashed_gaussian_explore(out: np.ndarray, action_size: int, generator: torc
     mean, log_std = out[:, :action_size], np.clip(out[:, action_size:], LOG_STD_MIN, LOG_STD_MAX)
     noise = torch.randn(mean.shape, generator=generator).numpy()
     return torch.from_numpy(np.tanh(mean + noise * np.exp(log_std)))
-
