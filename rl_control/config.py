@@ -30,9 +30,22 @@ class EnvConfig(_Frozen):
     task: str = Field("pendulum_swingup", description="task id (see `rlctl envs`) or any Gymnasium id")
     num_envs: int = Field(8, ge=1, description="parallel environments")
     workers: int = Field(0, ge=0, description="simulation worker processes; 0 steps envs in-process")
+    caller_steps: bool = Field(
+        False,
+        description="the training process steps one slice of the envs itself beside the workers (workers + 1 "
+        "slices; set workers to the cores minus one); needs 1 <= workers < num_envs",
+    )
     randomization: RandomizationConfig = Field(
         default_factory=RandomizationConfig, description="domain randomization ranges"
     )
+
+    @model_validator(mode="after")
+    def _check_caller_steps(self) -> EnvConfig:
+        if self.caller_steps and not 1 <= self.workers < self.num_envs:
+            raise ValueError(
+                f"caller_steps needs 1 <= workers < num_envs, got workers={self.workers}, num_envs={self.num_envs}"
+            )
+        return self
 
 
 class PolicyConfig(_Frozen):

@@ -97,7 +97,8 @@ class OffPolicyRunner(CheckpointedRunner):
             self.venv = RayTransitionCollector(cfg, events_path=self.run_dir / "distributed_events.jsonl")
         else:
             self.venv = make_vector_env(
-                cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
+                cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed,
+                caller_steps=cfg.env.caller_steps,
             )
         spec = SpaceSpec.from_spaces(self.venv.single_observation_space, self.venv.single_action_space)
         a, N = cfg.algo, cfg.env.num_envs

@@ -232,7 +232,8 @@ class Runner(CheckpointedRunner):
             self.venv = RayRolloutCollector(cfg, events_path=self.run_dir / "distributed_events.jsonl")
         else:
             self.venv = make_vector_env(
-                cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed
+                cfg.env.task, cfg.env.num_envs, cfg.env.workers, cfg.env.randomization, seed=cfg.seed,
+                caller_steps=cfg.env.caller_steps,
             )
         self.policy = build_policy(cfg, self.venv.single_observation_space, self.venv.single_action_space)
         a = cfg.algo

@@ -35,6 +35,8 @@ def test_resolved_config_round_trips(tmp_path):
         ("env:\n  randomization:\n    dynamics:\n      mass_scale: [1.2, 0.8]\n",
          "env.randomization.dynamics.mass_scale"),
         ("policy:\n  kind: transformer\n", "policy.kind: Input should be 'mlp' or 'lstm'"),
+        ("env:\n  num_envs: 4\n  caller_steps: true\n",
+         "env: Value error, caller_steps needs 1 <= workers < num_envs, got workers=0, num_envs=4"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path, text, fragment):

@@ -237,11 +237,12 @@ def test_thread_team_runs_every_item_once_and_reports_errors() -> None:
 def test_in_process_and_workers_identical_and_deterministic() -> None:
     n, steps = 5, 210
     runs = []
-    for workers in (0, 2, 2):
-        with make_vector_env(PENDULUM, n, workers=workers, randomization=RAND) as venv:
+    for workers, caller_steps in ((0, False), (2, False), (2, False), (1, True), (2, True)):
+        with make_vector_env(PENDULUM, n, workers=workers, randomization=RAND, caller_steps=caller_steps) as venv:
+            assert venv.parallelism == workers + caller_steps or workers == 0
             runs.append(_rollout(venv, _actions(venv.single_action_space, n, steps), seed=7))
-    _assert_same(runs[0], runs[1])
-    _assert_same(runs[1], runs[2])
+    for other in runs[1:]:
+        _assert_same(runs[0], other)
     with make_vector_env(PENDULUM, n, workers=2, randomization=RAND) as venv:
         other = _rollout(venv, _actions(venv.single_action_space, n, 3), seed=8)
     assert not np.array_equal(other[0], runs[0][0])
@@ -253,20 +254,29 @@ def test_default_parallelism() -> None:
     with make_vector_env(CHEETAH, 4) as venv:
         assert (venv.num_workers, venv.threads) == (0, cores)
         assert venv.parallelism == min(4, cores)
-    with make_vector_env(PENDULUM, 4) as venv:
-        assert (venv.num_workers, venv.threads) == (min(4, cores) if cores > 1 else 0, 1)
+    with make_vector_env(PENDULUM, 4) as venv:  # the caller steps one slice, a worker per further core
+        stepping = min(4, cores) if cores > 1 else 1
+        assert (venv.num_workers, venv.caller_steps, venv.threads) == (stepping - 1, cores > 1, 1)
+        assert venv.parallelism == stepping
+        if cores > 1:
+            assert venv.envs_of_worker(0).start == 4 // stepping  # the caller's slice comes first
+    with make_vector_env(PENDULUM, 4, workers=2) as venv:  # explicit workers: the caller only waits
+        assert (venv.num_workers, venv.caller_steps, venv.parallelism) == (2, False, 2)
     with make_vector_env(PENDULUM, 1) as venv:
         assert venv.num_workers == 0 and venv.parallelism == 1
+    with pytest.raises(ValueError, match=r"caller_steps needs workers in \[1, num_envs - 1 = 3\], got 4"):
+        make_vector_env(PENDULUM, 4, workers=4, caller_steps=True)
 
 
 def test_cheetah_kernel_in_workers_matches_in_process() -> None:
     n, steps = 3, 40
     runs = []
-    for workers in (0, 2):
-        with make_vector_env(CHEETAH, n, workers=workers) as venv:
-            assert set(venv.kernels) == {"HalfCheetahKernel"}
+    for workers, caller_steps in ((0, False), (2, False), (1, True)):
+        with make_vector_env(CHEETAH, n, workers=workers, caller_steps=caller_steps) as venv:
+            assert venv.kernels == ["HalfCheetahKernel"] * max(1, workers + caller_steps)
             runs.append(_rollout(venv, _actions(venv.single_action_space, n, steps), seed=2))
     _assert_same(runs[0], runs[1])
+    _assert_same(runs[0], runs[2])
 
 
 def test_forkserver_context_matches_fork() -> None:
@@ -294,15 +304,53 @@ def test_dead_worker_raises_naming_envs() -> None:
     venv.close()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_env_exception_raises_naming_env(workers: int) -> None:
-    fns = [FlakyEnv, FlakyEnv, lambda: FlakyEnv(raise_at=2), FlakyEnv]
-    venv = ParallelVectorEnv(fns, workers=workers)
+def test_dead_worker_beside_the_caller_slice_raises_naming_envs() -> None:
+    venv = make_vector_env(PENDULUM, 4, workers=1, caller_steps=True)  # caller: envs 0-1, worker 0: envs 2-3
+    venv.reset(seed=0)
+    pids = venv.worker_pids
+    os.kill(pids[0], signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"worker 0 .*envs 2-3.*SIGKILL"):
+        venv.step(np.zeros((4, 1), np.float32))
+    assert not any(_alive(pid) for pid in pids)
+    venv.close()
+
+
+@pytest.mark.parametrize(
+    ("workers", "caller_steps", "bad_env"), [(0, False, 2), (2, False, 2), (1, True, 2), (1, True, 0)]
+)
+def test_env_exception_raises_naming_env(workers: int, caller_steps: bool, bad_env: int) -> None:
+    """With the caller stepping envs 0-1, env 0 fails in this process and env 2 in the worker."""
+    fns = [FlakyEnv] * 4
+    fns[bad_env] = lambda: FlakyEnv(raise_at=2)
+    venv = ParallelVectorEnv(fns, workers=workers, caller_steps=caller_steps)
     venv.reset(seed=0)
     venv.step(np.zeros((4, 2), np.float32))
-    with pytest.raises(RuntimeError, match=r"env 2 raised ArithmeticError during step: deliberate failure"):
+    with pytest.raises(RuntimeError, match=rf"env {bad_env} raised ArithmeticError during step: deliberate failure"):
         venv.step(np.zeros((4, 2), np.float32))
     assert not any(_alive(pid) for pid in venv.worker_pids)
+    venv.close()
+
+
+class InterruptedEnv(FlakyEnv):
+    """Ctrl-C arriving while this env steps (KeyboardInterrupt is not an env failure)."""
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.t == 1:  # the second step after a reset (the vector env probes one step on construction)
+            raise KeyboardInterrupt
+        return super().step(action)
+
+
+def test_interrupt_in_the_caller_slice_ends_the_workers() -> None:
+    """The workers' answers are in flight when the caller's own slice is interrupted: the env is unusable."""
+    venv = ParallelVectorEnv([InterruptedEnv, FlakyEnv, FlakyEnv], workers=1, caller_steps=True)
+    venv.reset(seed=0)
+    pids = venv.worker_pids
+    venv.step(np.zeros((3, 2), np.float32))
+    with pytest.raises(KeyboardInterrupt):
+        venv.step(np.zeros((3, 2), np.float32))
+    assert not any(_alive(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="closed after a failure: KeyboardInterrupt in the caller's own slice"):
+        venv.step(np.zeros((3, 2), np.float32))
     venv.close()
 
 
@@ -342,9 +390,9 @@ def test_bad_actions_raise_before_stepping(workers: int) -> None:
         reference.close()
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_nan_observation_never_reaches_caller(workers: int) -> None:
-    venv = ParallelVectorEnv([FlakyEnv, lambda: FlakyEnv(nan_at=3)], workers=workers)
+@pytest.mark.parametrize(("workers", "caller_steps"), [(0, False), (1, False), (1, True)])
+def test_nan_observation_never_reaches_caller(workers: int, caller_steps: bool) -> None:
+    venv = ParallelVectorEnv([FlakyEnv, lambda: FlakyEnv(nan_at=3)], workers=workers, caller_steps=caller_steps)
     venv.reset(seed=0)
     zeros = np.zeros((2, 2), np.float32)
     for t in range(1, 6):
@@ -413,9 +461,11 @@ def _shared_mappings() -> int:
         return sum(1 for line in f if "rw-s" in line and ("pym-" in line or "/dev/shm" in line))
 
 
-def test_garbage_collected_env_ends_its_workers() -> None:
-    venv = make_vector_env(PENDULUM, 2, workers=2)
+@pytest.mark.parametrize(("workers", "caller_steps"), [(2, False), (1, True)])
+def test_garbage_collected_env_ends_its_workers(workers: int, caller_steps: bool) -> None:
+    venv = make_vector_env(PENDULUM, 2, workers=workers, caller_steps=caller_steps)
     pids = venv.worker_pids
+    assert len(pids) == workers
     del venv
     import gc
 

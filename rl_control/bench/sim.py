@@ -2,10 +2,12 @@
 
 For each task (HalfCheetah-v5 and our robot tasks) and each number of envs, measures env-steps/s of
 
-- ``ours``: :class:`sim.vector.ParallelVectorEnv` with its defaults: worker processes (one per core, at
-  most one per env; a single env in-process), or, for envs with a GIL-releasing batched kernel
-  (HalfCheetah-v5), one thread per core in-process; for those ``ours procs`` also measures the
-  worker-process path;
+- ``ours``: :class:`sim.vector.ParallelVectorEnv` with its defaults: one stepping process per core (the
+  caller and a worker per further core, at most one per env; a single env in-process), or, for envs with
+  a GIL-releasing batched kernel (HalfCheetah-v5), one thread per core in-process;
+- ``ours procs``: where ``ours`` has more than one stepping core, the same envs in one worker process per
+  core while the caller only waits (``caller_steps=False``, one thread each), the layout that ``ours``
+  replaces;
 - ``sync`` / ``async``: Gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv`` (shared memory) over the
   same env factory;
 - ``envpool``: EnvPool's own HalfCheetah-v5 (only in the benchmark venv, ``make bench-setup``; reported as
@@ -169,12 +171,13 @@ def _make_contenders(
     actions = _random_actions(ours.single_action_space, n, seed=n)
     steppers["ours"] = _Stepper(ours, actions, n, seconds, ours.close)
     notes.update(
-        workers=ours.num_workers, threads=ours.threads, kernel=sorted(set(ours.kernels)),
+        workers=ours.num_workers, caller_steps=ours.caller_steps, threads=ours.threads,
+        kernel=sorted(set(ours.kernels)),
         cores_used=min(ours.parallelism, cores),
     )  # fmt: skip
-    if ours.num_workers == 0 and ours.threads > 1 and n > 1:
-        # Ours defaults to kernel threads here; also show the worker-process path on the same envs.
-        procs = ParallelVectorEnv([fn] * n, default_workers(n), seed=0, threads=1)
+    if n > 1 and (ours.caller_steps or (ours.num_workers == 0 and ours.threads > 1)):
+        # Also show one worker process per core with a waiting caller, on the same envs.
+        procs = ParallelVectorEnv([fn] * n, default_workers(n), seed=0, threads=1, caller_steps=False)
         procs.reset()
         steppers["ours_procs"] = _Stepper(procs, actions, n, seconds, procs.close)
     if "sync" in peers:
@@ -301,9 +304,9 @@ def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         f"{'met' if bound_ok else 'NOT met'}",
         f"target HalfCheetah-v5 x16 ahead of EnvPool: ours/envpool {common.fmt_ratio(vs_pool)} -> "
         + ("met" if pool_ok else "NOT met" if vs_pool is not None else "not measured (EnvPool unavailable)"),
-        "* = stepped by a batched kernel (sim.vector_kernels) on one thread per core in-process; "
-        "'ours procs' = the same kernel in worker processes (one per core, 1 thread each); other tasks "
-        "call env.step per env in worker processes",
+        "* = stepped by a batched kernel (sim.vector_kernels) on one thread per core in-process; other "
+        "tasks call env.step per env in the caller and one worker process per further core; 'ours procs' = "
+        "one worker process per core (1 thread each) while the caller waits",
     ]
     return {
         "lines": lines,
