@@ -56,19 +56,20 @@ Design notes:
 - Where a batched kernel exists for the env type (``sim.vector_kernels``), a slice is stepped with one
   Python loop around ``mj_step`` and observations and rewards come from vectorized numpy; other envs are
   stepped one by one through ``env.step``. Both give the same numbers (tested).
-- Caller slice (``caller_steps``, the default for envs stepped through ``env.step``): the calling process
-  steps the first slice itself after sending the step command to the workers, instead of sleeping until
-  they answer. While every stepping process has a core of its own, a worker polls its pipe for the next
+- Caller slice (``caller_steps``, the default with more than one core): the calling process steps the
+  first slice itself after sending the step command to the workers, instead of sleeping until they
+  answer. While every stepping process has a core of its own, a worker polls its pipe for the next
   command for up to ``SPIN_S`` after answering, and the caller polls for the answers for as long, before
   either sleeps: on the 2-vCPU VM this was measured on, a sleeping thread took ~29 us (median) to run
-  again after being woken, twice per step with a sleeping caller. Measured on our robot tasks with 2 cores
-  against one worker per core and a waiting caller (docs/benchmarks.md): 1.0-1.6x the env-steps/s at 2-16
-  envs, equal at 64 envs, where a step is long enough for two wake-ups not to matter.
-- Kernels whose work is ``mj_step`` (which releases the GIL) also run on threads: such envs default to
-  ``workers=0`` and one thread per core that take envs from a shared counter. Measured on the shared
-  2-core machine: a fixed slice per process stalls the whole batch whenever the OS preempts one worker
-  for another job; work taken dynamically does not. Envs whose step is mostly Python (our robot tasks)
-  keep worker processes, since threads would serialize on the GIL.
+  again after being woken, which a sleeping caller and sleeping workers paid twice per step. Measured with
+  2 cores (docs/benchmarks.md): HalfCheetah-v5 1.0-1.7x the env-steps/s of in-process kernel threads (the
+  previous default for it) and our robot tasks up to 1.6x that of one worker per core with a waiting caller,
+  the gain largest with few envs and gone at 64, where a step takes long enough for wake-ups not to matter.
+- Kernels whose work is ``mj_step`` (which releases the GIL) can also run on threads (``workers=0``,
+  ``threads``): one thread per core taking envs from a shared counter, so a thread the OS preempts holds
+  up one env, not a fixed slice. They were the default for such envs until the caller slice measured
+  faster: a thread waiting for the GIL or for work sleeps in the kernel, so threads cannot poll the way
+  processes do. Envs whose step is mostly Python would serialize on the GIL in threads.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ EnvFn = Callable[[], gym.Env]
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 """(obs [N, *O] float32, rewards [N] float32, terminated [N] bool, truncated [N] bool, infos)."""
 
+# Pipe protocol: each command and each answer starts with one raw status byte (os.read/os.write of 1 byte:
+# the step round trip, the hot path, needs nothing else); a reset command, an error answer and the start-up
+# answer follow it with one framed message (Connection.send_bytes: pickled payload or text).
 _OK = b"k"
 _ERR = b"e"
 _STEP = b"s"
@@ -360,10 +364,10 @@ def usable_cores() -> int:
 
 
 def default_workers(num_envs: int) -> int:
-    """Processes that step envs through ``env.step``: one per usable core, at most one per env.
+    """Processes that step envs: one per usable core, at most one per env.
 
-    A single env is stepped in-process (0 workers): a process of its own would add a round trip per step
-    and gain no parallelism. (Envs with a GIL-releasing batched kernel default to 0 workers and threads.)
+    0 when that is one (a single env or core): the envs are stepped in-process, since a process of its own
+    would add a round trip per step and gain no parallelism.
     """
     workers = min(usable_cores(), num_envs)
     return 0 if workers <= 1 else workers
@@ -386,14 +390,11 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
             that releases the GIL; ignored otherwise. None: the usable cores divided among the processes.
         caller_steps: The calling process steps the first slice itself while ``workers`` processes step
             the others (``workers + 1`` slices); see "Caller slice" in the module docstring. Needs
-            ``1 <= workers < num_envs``. None: True when ``workers`` is None too and the envs are stepped
-            through ``env.step`` on more than one core, else False.
+            ``1 <= workers < num_envs``. None: True when ``workers`` is None too and more than one process
+            would step envs (more than one core and env), else False.
 
-    Defaults: envs stepped through ``env.step`` (our robot tasks, most Gymnasium envs) spend most of their
-    time in Python, so they get one stepping process per core: the caller and one worker process per
-    further core (``caller_steps``). Envs with a GIL-releasing batched kernel
-    (HalfCheetah-v5) get ``workers=0`` and one thread per core instead: no inter-process round trip per
-    step, and the threads share the work dynamically, which a fixed slice per process cannot.
+    Defaults: one stepping process per core (at most one per env): the caller and one worker process per
+    further core (``caller_steps``); a single env, or a single core, steps in-process.
     """
 
     def __init__(
@@ -438,7 +439,7 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         if workers is None:
             per_core = default_workers(n)  # stepping processes, one per core (0: in-process)
             if caller_steps is None:
-                caller_steps = not threaded and per_core >= 2
+                caller_steps = per_core >= 2
             if caller_steps:
                 workers = max(1, per_core - 1)
             else:
@@ -552,7 +553,7 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
             seed = self._pending_seed
         seeds = self._per_env_seeds(seed)
         for (lo, hi), conn in zip(self._slices, self._conns, strict=True):
-            self._send(conn, _RESET + pickle.dumps((seeds[lo:hi], options)))
+            self._send(conn, _RESET, pickle.dumps((seeds[lo:hi], options)))
         self._run_slices("reset", lambda r: r.reset(seeds[r.lo : r.hi], options))
         self._has_reset = True
         infos: dict[str, Any] = {}
@@ -673,9 +674,11 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         if self._conns:
             self._await_all(phase)
 
-    def _send(self, conn: Connection, message: bytes) -> None:
+    def _send(self, conn: Connection, command: bytes, payload: bytes | None = None) -> None:
         try:
-            conn.send_bytes(message)
+            os.write(conn.fileno(), command)
+            if payload is not None:
+                conn.send_bytes(payload)
         except (BrokenPipeError, OSError):
             w = self._conns.index(conn)
             self._fail(self._death_message(w, "sending a command"))
@@ -683,7 +686,8 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
     def _await_all(self, phase: str, payloads: list[str] | None = None) -> None:
         """Wait for one answer from every worker, noticing deaths at once and giving up after timeout.
 
-        ``payloads[w]`` receives the text a worker sent with its OK (the kernel name at start-up).
+        ``payloads[w]`` receives the text a worker sent with its OK (the kernel name at start-up); only
+        then does an OK carry a payload.
         """
         try:
             self._await_answers(phase, payloads)
@@ -703,7 +707,9 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         spin_until = time.perf_counter() + self._spin_s
         errors: list[str] = []
         while pending:
-            events = self._poller.poll(0) if time.perf_counter() < spin_until else None
+            events = self._poller.poll(0)
+            while not events and time.perf_counter() < spin_until:
+                events = self._poller.poll(0)
             if not events:
                 remaining = deadline - time.monotonic()
                 events = self._poller.poll(max(0, int(remaining * 1000))) if remaining > 0 else []
@@ -721,14 +727,16 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
                 if not is_conn and not conn.poll():
                     self._fail(self._death_message(w, phase))
                 try:
-                    message = conn.recv_bytes()
+                    status = os.read(conn.fileno(), 1)
+                    if status == _ERR:
+                        errors.append(pickle.loads(conn.recv_bytes()))
+                    elif status == _OK and payloads is not None:
+                        payloads[w] = conn.recv_bytes().decode()
+                    elif status != _OK:  # b"": the worker closed its end
+                        raise EOFError
                 except (EOFError, OSError):
                     self._fail(self._death_message(w, phase))
                 pending.discard(w)
-                if message[:1] == _ERR:
-                    errors.append(pickle.loads(message[1:]))
-                elif payloads is not None:
-                    payloads[w] = message[1:].decode()
         if errors:
             self._fail("\n".join(errors))
 
@@ -801,39 +809,45 @@ def _worker_main(
     parent = os.getppid()
     env_fns = fns.fns if isinstance(fns, _Pickled) else fns
     runner: _SliceRunner | None = None
+    fd = conn.fileno()
     try:
         runner = _SliceRunner(env_fns, lo, _Buffers(raw, spec), spec)
-        conn.send_bytes(_OK + type(runner.kernel).__name__.encode())
+        os.write(fd, _OK)
+        conn.send_bytes(type(runner.kernel).__name__.encode())
+        ready = select.poll()  # made once: Connection.poll builds a selector per call (~10 us)
+        ready.register(fd, select.POLLIN)
         while True:
+            waiting = not ready.poll(0)
             if spin_s:
                 spin_until = time.perf_counter() + spin_s
-                while not conn.poll(0) and time.perf_counter() < spin_until:
-                    pass
-            if not conn.poll(_IDLE_CHECK_S):
+                while waiting and time.perf_counter() < spin_until:
+                    waiting = not ready.poll(0)
+            if waiting and not ready.poll(_IDLE_CHECK_S * 1000):
                 if os.getppid() != parent:  # the parent died without closing us: do not linger
                     break
                 continue
-            message = conn.recv_bytes()
-            command = message[:1]
-            if command == _CLOSE:
+            command = os.read(fd, 1)
+            if command in (_CLOSE, b""):  # told to, or the parent closed its end
                 break
             try:
                 if command == _STEP:
                     runner.step()
                 else:
-                    seeds, options = pickle.loads(message[1:])
+                    seeds, options = pickle.loads(conn.recv_bytes())
                     runner.reset(seeds, options)
             except Exception as exc:
                 text = str(exc) if isinstance(exc, EnvStepError) else _worker_failure(lo, len(env_fns), exc)
-                conn.send_bytes(_ERR + pickle.dumps(text))
+                os.write(fd, _ERR)
+                conn.send_bytes(pickle.dumps(text))
                 continue
-            conn.send_bytes(_OK)
+            os.write(fd, _OK)
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the parent went away; nothing left to answer
     except Exception as exc:  # construction failed: report it, the parent raises
         text = str(exc) if isinstance(exc, EnvStepError) else _worker_failure(lo, len(env_fns), exc)
         try:
-            conn.send_bytes(_ERR + pickle.dumps(text))
+            os.write(fd, _ERR)
+            conn.send_bytes(pickle.dumps(text))
         except OSError:
             pass
     finally:
@@ -858,7 +872,7 @@ def _shutdown(
         runner.close()
     for conn in conns:
         try:
-            conn.send_bytes(_CLOSE)
+            os.write(conn.fileno(), _CLOSE)
         except OSError:
             pass
     deadline = time.monotonic() + 2.0
@@ -888,10 +902,11 @@ def make_vector_env(
     Args:
         task_id: Task id understood by :func:`sim.tasks.make_env`.
         num_envs: Number of envs.
-        workers: Worker processes (None: :func:`default_workers`; 0: in-process).
+        workers: Worker processes (None: ParallelVectorEnv's default layout; 0: in-process).
         randomization: A :class:`sim.randomization.RandomizationConfig`, or None for the task's default.
         seed: Seed of the first reset (env i gets ``seed + i``).
-        **kwargs: Passed to :class:`ParallelVectorEnv` (timeout, context, batch_kernels, threads).
+        **kwargs: Passed to :class:`ParallelVectorEnv` (timeout, context, batch_kernels, threads,
+            caller_steps).
     """
     from sim.tasks import env_factory
 

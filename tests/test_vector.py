@@ -249,11 +249,14 @@ def test_in_process_and_workers_identical_and_deterministic() -> None:
 
 
 def test_default_parallelism() -> None:
-    """GIL-releasing kernels default to threads in-process; env.step envs to one process per core."""
+    """One stepping process per core: the caller and a worker per further core; kernel threads on request."""
     cores = len(os.sched_getaffinity(0))
-    with make_vector_env(CHEETAH, 4) as venv:
+    with make_vector_env(CHEETAH, 4, workers=0) as venv:  # a GIL-releasing kernel: threads in-process
         assert (venv.num_workers, venv.threads) == (0, cores)
         assert venv.parallelism == min(4, cores)
+    with make_vector_env(CHEETAH, 4) as venv:
+        stepping = min(4, cores) if cores > 1 else 1
+        assert (venv.num_workers, venv.caller_steps, venv.threads) == (stepping - 1, cores > 1, 1)
     with make_vector_env(PENDULUM, 4) as venv:  # the caller steps one slice, a worker per further core
         stepping = min(4, cores) if cores > 1 else 1
         assert (venv.num_workers, venv.caller_steps, venv.threads) == (stepping - 1, cores > 1, 1)
@@ -363,6 +366,20 @@ def test_hung_worker_times_out() -> None:
     with pytest.raises(RuntimeError, match=r"workers \[(0, )?1\] \(envs (0-)?1\) did not answer within 0.5 s"):
         venv.step(np.zeros((2, 2), np.float32))
     assert time.monotonic() - start < 5.0
+    assert not any(_alive(pid) for pid in pids)
+    venv.close()
+
+
+def test_hung_worker_beside_the_caller_slice_times_out() -> None:
+    """The caller polls, then sleeps in poll() with the remaining timeout: a hang still ends in an error."""
+    venv = ParallelVectorEnv([FlakyEnv, FlakyEnv, lambda: FlakyEnv(hang_at=1)], workers=1, caller_steps=True,
+                             timeout=0.5)
+    venv.reset(seed=0)
+    pids = venv.worker_pids
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"workers \[0\] \(envs 2\) did not answer within 0.5 s during step"):
+        venv.step(np.zeros((3, 2), np.float32))
+    assert 0.5 <= time.monotonic() - start < 5.0
     assert not any(_alive(pid) for pid in pids)
     venv.close()
 

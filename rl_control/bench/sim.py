@@ -3,11 +3,11 @@
 For each task (HalfCheetah-v5 and our robot tasks) and each number of envs, measures env-steps/s of
 
 - ``ours``: :class:`sim.vector.ParallelVectorEnv` with its defaults: one stepping process per core (the
-  caller and a worker per further core, at most one per env; a single env in-process), or, for envs with
-  a GIL-releasing batched kernel (HalfCheetah-v5), one thread per core in-process;
+  caller and a worker per further core, at most one per env; a single env in-process);
 - ``ours procs``: where ``ours`` has more than one stepping core, the same envs in one worker process per
-  core while the caller only waits (``caller_steps=False``, one thread each), the layout that ``ours``
-  replaces;
+  core while the caller only waits (``caller_steps=False``, one thread each), the earlier default layout;
+- ``ours threads``: for envs with a GIL-releasing batched kernel (HalfCheetah-v5) and more than one env,
+  one kernel thread per core in-process (``workers=0``), the earlier default for them;
 - ``sync`` / ``async``: Gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv`` (shared memory) over the
   same env factory;
 - ``envpool``: EnvPool's own HalfCheetah-v5 (only in the benchmark venv, ``make bench-setup``; reported as
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             table.append(_table_row(row))
             print(f"  {task} x{n}: " + ", ".join(f"{k} {common.fmt_rate(v)}" for k, v in row["_timings"].items()))
 
-    columns = ["task", "envs", "ours", "ours procs", "sync", "async", "envpool", "bound", "ours/sync",
-               "ours/async", "ours/envpool", "ours/bound"]  # fmt: skip
+    columns = ["task", "envs", "ours", "ours procs", "ours threads", "sync", "async", "envpool", "bound",
+               "ours/sync", "ours/async", "ours/envpool", "ours/bound"]  # fmt: skip
     title = f"env-steps/s (median ±half range of {rounds} interleaved rounds, {cores} cores)"
     caption = (
         "bound = single-thread mj_step rate / frame skip x cores we use; ours/bound is the fraction of raw "
@@ -180,6 +180,13 @@ def _make_contenders(
         procs = ParallelVectorEnv([fn] * n, default_workers(n), seed=0, threads=1, caller_steps=False)
         procs.reset()
         steppers["ours_procs"] = _Stepper(procs, actions, n, seconds, procs.close)
+    if n > 1 and cores > 1 and ours.kernels[0] != "LoopKernel":
+        threaded = ParallelVectorEnv([fn] * n, 0, seed=0)
+        if threaded.threads > 1:  # only kernels that release the GIL get threads
+            threaded.reset()
+            steppers["ours_threads"] = _Stepper(threaded, actions, n, seconds, threaded.close)
+        else:
+            threaded.close()
     if "sync" in peers:
         env = gym.vector.SyncVectorEnv([fn] * n)
         env.reset(seed=0)
@@ -268,7 +275,8 @@ def _measure_cell(
         timings["bound"] = common.Timing([x * notes["cores_used"] for x in one.samples])
     med = {k: v.median for k, v in timings.items()}
     ratios = {
-        f"ours/{k}": common.ratio(med["ours"], med.get(k)) for k in ("ours_procs", "sync", "async", "envpool", "bound")
+        f"ours/{k}": common.ratio(med["ours"], med.get(k))
+        for k in ("ours_procs", "ours_threads", "sync", "async", "envpool", "bound")
     }
     return {"task": task, "num_envs": n, "median": med, "ratios": ratios, "notes": notes, "_timings": timings}
 
@@ -283,6 +291,7 @@ def _table_row(row: dict[str, Any]) -> list[str]:
         str(row["num_envs"]),
         common.fmt_rate(t.get("ours")),
         common.fmt_rate(t.get("ours_procs")) if "ours_procs" in t else "= ours",
+        common.fmt_rate(t.get("ours_threads")) if "ours_threads" in t else "-",
         common.fmt_rate(t.get("sync")),
         common.fmt_rate(t.get("async")),
         envpool,
@@ -304,9 +313,9 @@ def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         f"{'met' if bound_ok else 'NOT met'}",
         f"target HalfCheetah-v5 x16 ahead of EnvPool: ours/envpool {common.fmt_ratio(vs_pool)} -> "
         + ("met" if pool_ok else "NOT met" if vs_pool is not None else "not measured (EnvPool unavailable)"),
-        "* = stepped by a batched kernel (sim.vector_kernels) on one thread per core in-process; other "
-        "tasks call env.step per env in the caller and one worker process per further core; 'ours procs' = "
-        "one worker process per core (1 thread each) while the caller waits",
+        "ours = the caller and one worker process per further core; * = stepped by a batched kernel "
+        "(sim.vector_kernels), other tasks call env.step per env; 'ours procs' = one worker process per core "
+        "while the caller waits; 'ours threads' = the batched kernel on one thread per core in-process",
     ]
     return {
         "lines": lines,
