@@ -62,9 +62,9 @@ Design notes:
   command for up to ``SPIN_S`` after answering, and the caller polls for the answers for as long, before
   either sleeps: on the 2-vCPU VM this was measured on, a sleeping thread took ~29 us (median) to run
   again after being woken, which a sleeping caller and sleeping workers paid twice per step. Measured with
-  2 cores (docs/benchmarks.md): HalfCheetah-v5 1.0-1.7x the env-steps/s of in-process kernel threads (the
-  previous default for it) and our robot tasks up to 1.6x that of one worker per core with a waiting caller,
-  the gain largest with few envs and gone at 64, where a step takes long enough for wake-ups not to matter.
+  2 cores at 2-64 envs (docs/benchmarks.md): HalfCheetah-v5 1.0-1.5x the env-steps/s of in-process kernel
+  threads (the previous default for it), our robot tasks 1.0-1.8x that of one worker per core with a
+  waiting caller; the gain is largest with few envs, where a step is short next to two wake-ups.
 - Kernels whose work is ``mj_step`` (which releases the GIL) can also run on threads (``workers=0``,
   ``threads``): one thread per core taking envs from a shared counter, so a thread the OS preempts holds
   up one env, not a fixed slice. They were the default for such envs until the caller slice measured
