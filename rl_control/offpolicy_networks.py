@@ -227,14 +227,17 @@ class EnsembleLinear(nn.Module):
         the batched products so that seeded float32 runs reproduce bit for bit."""
         if self.hidden:
             x, w, b = x.to(_hidden_dtype), w.to(_hidden_dtype), b.to(_hidden_dtype)
-        elif x.dtype != w.dtype:
-            x = x.to(w.dtype)  # the output layer after a low-precision hidden layer
         E, n_in, n_out = w.shape
+        if n_out == 1 and x.dim() == 3:
+            # A matrix-vector product per member: element-wise product and sum. A low-precision x (after a
+            # hidden layer) is promoted inside the product, the same float32 values as casting it first, without
+            # writing a float32 copy of the [E, B, in] activations.
+            return (x * w.transpose(1, 2)).sum(-1, keepdim=True) + b
+        if x.dtype != w.dtype:
+            x = x.to(w.dtype)  # the output layer after a low-precision hidden layer
         if x.dim() == 2:  # one input shared by all members: one product against [in, E * out]
             y = torch.addmm(b.transpose(0, 1).reshape(1, E * n_out), x, w.transpose(0, 1).reshape(n_in, E * n_out))
             return y.view(-1, E, n_out).transpose(0, 1)  # [E, B, out], a strided view the next bmm reads as is
-        if n_out == 1:  # a matrix-vector product per member: element-wise product and sum
-            return (x * w.transpose(1, 2)).sum(-1, keepdim=True) + b
         return torch.baddbmm(b, x, w)
 
 
