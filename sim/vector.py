@@ -707,9 +707,7 @@ class ParallelVectorEnv(gym.vector.VectorEnv):
         spin_until = time.perf_counter() + self._spin_s
         errors: list[str] = []
         while pending:
-            events = self._poller.poll(0)
-            while not events and time.perf_counter() < spin_until:
-                events = self._poller.poll(0)
+            events = _poll_until(self._poller, spin_until)
             if not events:
                 remaining = deadline - time.monotonic()
                 events = self._poller.poll(max(0, int(remaining * 1000))) if remaining > 0 else []
@@ -817,11 +815,7 @@ def _worker_main(
         ready = select.poll()  # made once: Connection.poll builds a selector per call (~10 us)
         ready.register(fd, select.POLLIN)
         while True:
-            waiting = not ready.poll(0)
-            if spin_s:
-                spin_until = time.perf_counter() + spin_s
-                while waiting and time.perf_counter() < spin_until:
-                    waiting = not ready.poll(0)
+            waiting = not _poll_until(ready, time.perf_counter() + spin_s)
             if waiting and not ready.poll(_IDLE_CHECK_S * 1000):
                 if os.getppid() != parent:  # the parent died without closing us: do not linger
                     break
@@ -854,6 +848,15 @@ def _worker_main(
         if runner is not None:
             runner.close()
         conn.close()
+
+
+def _poll_until(poller: select.poll, until: float) -> list[tuple[int, int]]:
+    """``poller``'s ready events, polling without sleeping until ``time.perf_counter()`` reaches ``until``
+    (at least once); an empty list if nothing became ready by then."""
+    events = poller.poll(0)
+    while not events and time.perf_counter() < until:
+        events = poller.poll(0)
+    return events
 
 
 def _worker_failure(lo: int, n: int, exc: BaseException) -> str:
