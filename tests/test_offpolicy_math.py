@@ -200,6 +200,8 @@ def test_bfloat16_hidden_products_round_only_the_hidden_to_hidden_layers():
         assert torch.equal(ens(x), ref)
     with hidden_products("bfloat16"):
         out = ens(x)
+        with torch.no_grad():  # a target critic's pass takes a shorter route to the same values
+            assert torch.equal(ens(x), out) and torch.equal(ens(x, members=slice(1, 2)), out[1:])
     assert out.dtype == torch.float32 and not torch.equal(out, ref)
     first, hidden, last = ens.layers
     assert not first.hidden and hidden.hidden and not last.hidden
@@ -222,6 +224,67 @@ def test_bfloat16_hidden_products_round_only_the_hidden_to_hidden_layers():
     with pytest.raises(ValueError, match="hidden_matmul must be one of"):
         with hidden_products("float16"):
             pass
+
+
+def _probe_loss(q_train: torch.Tensor, q_probe: torch.Tensor) -> torch.Tensor:
+    """A loss of both outputs with uneven weights per row, as SAC's critic and actor losses combine them."""
+    w_train = torch.linspace(-1.0, 2.0, q_train.shape[1]).view(1, -1, 1)
+    w_probe = torch.linspace(0.5, -3.0, q_probe.shape[1]).view(-1, 1)
+    return (q_train * w_train).sum() + (q_probe.min(0).values * w_probe).sum()
+
+
+def _layer_by_layer(ens: CriticEnsemble, x: torch.Tensor, detach_params: bool = False,
+                    members: slice | None = None) -> torch.Tensor:
+    """The critic through its EnsembleLinear layers and autograd (the reference for _PairedReluQ)."""
+    for i, layer in enumerate(ens.layers):
+        x = layer(x, detach_params, members)
+        x = torch.relu(x) if i < len(ens.layers) - 1 else x
+    return x
+
+
+@pytest.mark.parametrize("probe_members", [None, slice(0, 1)])
+def test_train_and_probe_in_bfloat16_matches_the_two_layer_by_layer_calls(probe_members):
+    """One pass over the stacked batch (_PairedReluQ) gives exactly the forward values of critic(x_train) and
+    critic(x_probe, detach_params=True) computed layer by layer; the weight gradients come from the training
+    rows only and the input gradient from the probe rows, within bfloat16 rounding of the activation
+    gradients. A plain critic call inside the block takes the same route (an empty probe)."""
+    torch.manual_seed(2)
+    ens = CriticEnsemble(5, 1, (64, 64), ensemble=2, activation="relu")
+    _exact_params(ens)
+    x_train = torch.randint(-4, 5, (16, 5)).float()
+    x_probe = torch.randint(-4, 5, (12, 5)).float().requires_grad_()
+
+    def run(paired: bool | None):
+        ens.zero_grad(set_to_none=True)
+        x_probe.grad = None
+        with hidden_products("bfloat16"):
+            if paired:
+                q_train, q_probe = ens.train_and_probe(x_train, x_probe, probe_members)
+            elif paired is None:  # plain calls
+                q_train, q_probe = ens(x_train), ens(x_probe, detach_params=True, members=probe_members)
+            else:
+                q_train = _layer_by_layer(ens, x_train)
+                q_probe = _layer_by_layer(ens, x_probe, detach_params=True, members=probe_members)
+            _probe_loss(q_train, q_probe).backward()
+        return q_train.detach(), q_probe.detach(), x_probe.grad, [p.grad for p in ens.parameters()]
+
+    ref_train, ref_probe, ref_gx, ref_grads = run(paired=False)
+    for mode in (True, None):
+        q_train, q_probe, gx, grads = run(paired=mode)
+        assert q_train.shape == (2, 16, 1) and q_probe.shape == (1 if probe_members else 2, 12, 1)
+        assert torch.equal(q_train, ref_train) and torch.equal(q_probe, ref_probe)
+        # Sums of many bfloat16-rounded terms that cancel: an error bound relative to the largest entry.
+        for g, ref in zip([gx, *grads], [ref_gx, *ref_grads], strict=True):
+            assert (g - ref).abs().max() <= 0.01 * ref.abs().max()
+    # A loss of the probe alone trains no critic weight.
+    ens.zero_grad(set_to_none=True)
+    with hidden_products("bfloat16"):
+        ens.train_and_probe(x_train, x_probe, probe_members)[1].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in ens.parameters())
+    # Outside the block (float32) it is the two calls, bit for bit.
+    plain = ens.train_and_probe(x_train, x_probe, probe_members)
+    assert torch.equal(plain[0], ens(x_train))
+    assert torch.equal(plain[1], ens(x_probe, members=probe_members))
 
 
 def test_bfloat16_hidden_products_in_the_actor_and_never_outside_the_block():

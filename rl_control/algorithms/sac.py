@@ -78,12 +78,12 @@ class SAC(OffPolicyAlgorithm):
             q_n = self.critic_target(torch.cat([xn, a_n], -1)).min(0).values.squeeze(-1)  # [B]
             y = M.soft_q_target(b.rewards, b.discounts, q_n - alpha * logp_n)
             y = M.clip_to_return_bounds(y, cfg.reward_bounds, cfg.gamma)
-        q = self.critic(torch.cat([x, b.actions], -1)).squeeze(-1)  # [2, B]
-        critic_loss = 0.5 * (q - y).pow(2).mean(-1).sum()
         mean, log_std = self.actor.split(self.actor.head(x)[0])
         a_pi, logp = M.squashed_gaussian_sample(mean, log_std, torch.randn_like(mean))
-        # Detached critic weights: the actor's loss needs dQ/da only (Haarnoja et al. 2018a, eq. 13).
-        q_pi = self.critic(torch.cat([x, a_pi], -1), detach_params=True).min(0).values.squeeze(-1)
+        # The actor's Q reads detached critic weights: its loss needs dQ/da only (Haarnoja et al. 2018a, eq. 13).
+        q, q_pi = self.critic.train_and_probe(torch.cat([x, b.actions], -1), torch.cat([x, a_pi], -1))
+        q, q_pi = q.squeeze(-1), q_pi.min(0).values.squeeze(-1)  # [2, B], [B]
+        critic_loss = 0.5 * (q - y).pow(2).mean(-1).sum()
         actor_loss = (alpha * logp - q_pi).mean()
         return critic_loss, actor_loss, logp, q
 

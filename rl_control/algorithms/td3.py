@@ -69,17 +69,22 @@ class TD3(OffPolicyAlgorithm):
             q_n = self.critic_target(torch.cat([xn, a_n], -1)).min(0).values.squeeze(-1)
             y = M.clip_to_return_bounds(M.soft_q_target(batch.rewards, batch.discounts, q_n), cfg.reward_bounds,
                                         cfg.gamma)
-        q = self.critic(torch.cat([x, batch.actions], -1)).squeeze(-1)  # [2, B]
-        critic_loss = (q - y).pow(2).mean(-1).sum()
-        loss = critic_loss
         self.updates += 1
         # Delayed policy updates (section 5.2): the actor follows a critic that had time to settle.
         delayed = self.updates % cfg.policy_delay == 0
-        stats = {"loss/critic": critic_loss.item(), "q": q.detach().mean().item()}
+        x_q = torch.cat([x, batch.actions], -1)
         if delayed:
             a_pi = self.actor.unit_action(self.actor.head(x)[0])
-            # Deterministic policy gradient through the first critic only, as in the paper.
-            actor_loss = -self.critic(torch.cat([x, a_pi], -1), detach_params=True, members=slice(0, 1)).mean()
+            # Deterministic policy gradient through the first critic only (as in the paper), weights detached.
+            q, q_pi = self.critic.train_and_probe(x_q, torch.cat([x, a_pi], -1), probe_members=slice(0, 1))
+        else:
+            q = self.critic(x_q)
+        q = q.squeeze(-1)  # [2, B]
+        critic_loss = (q - y).pow(2).mean(-1).sum()
+        loss = critic_loss
+        stats = {"loss/critic": critic_loss.item(), "q": q.detach().mean().item()}
+        if delayed:
+            actor_loss = -q_pi.mean()
             loss = loss + actor_loss
             stats["loss/actor"] = actor_loss.item()
         self.optimizer.zero_grad(set_to_none=True)
